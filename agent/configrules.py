@@ -1,0 +1,341 @@
+"""What a valid value is: problem recording, path resolution, and one small check per rule.
+
+``Walk`` collects problems as ``<file>: <key.path>: <what is wrong> (line N)``. Each ``check_*``
+receives a section already converted to its dataclass and reports through ``Walk.rule``, which drops
+a sentence about a key that already has a problem. ``RULES`` maps a section's key path to its checks,
+and ``normaliser_for`` gives the path resolution of a key; ``agent.configload`` applies both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from agent.config import CameraConfig, DeviceConfig, ModelConfig, MqttConfig, RetryConfig, ServerConfig, TlsConfig
+from agent.yamlpos import KeyPath
+
+INVALID: Any = object()  # a value that could not be converted; its problem is already reported
+
+_DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SERVABLE_NAME = re.compile(r"[^/:]+")  # TF Serving's REST grammar for model names and version labels
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+_TLS_FILE_KEYS = ("ca_certs", "certfile", "keyfile")
+# Camera sources that are devices or URLs, never files next to the config: `rtsp://…`, `picamera2:1`, `/dev/…`.
+_DEVICE_SOURCE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|picamera2(:\d+)?$|/dev/")
+
+
+@dataclass
+class Walk:
+    """What validation needs along the way, and the problems it found."""
+
+    source: str
+    base_dir: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    found: list[tuple[int, str]] = field(default_factory=list)
+    bad: set[KeyPath] = field(default_factory=set)
+
+    def add(self, path: KeyPath, message: str, *, line_path: KeyPath | None = None,
+            line: int | None = None) -> None:
+        """Record one problem about the key at ``path``."""
+        self.bad.add(path)
+        line = line or self._line_of(line_path or path)
+        self.found.append((line or 0, format_problem(self.source, path, message, line)))
+
+    def rule(self, path: KeyPath, message: str, *, involves: tuple[KeyPath, ...] = (),
+             line_path: KeyPath | None = None) -> None:
+        """Record a cross-check's sentence unless a key it reads already has a problem (no echo errors)."""
+        if not self.bad.intersection((path, *involves)):
+            self.add(path, message, line_path=line_path)
+
+    def problems(self) -> list[str]:
+        """The problems in file order; those without a line (missing sections) first."""
+        return [text for _line, text in sorted(self.found, key=lambda item: item[0])]
+
+    def _line_of(self, path: KeyPath) -> int | None:
+        # A missing key has no line of its own: point at the nearest enclosing key that has one.
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+
+def dotted(path: KeyPath) -> str:
+    """`mqtt.tls.keyfile`, `model.labels[1]`; the empty path is the whole file."""
+    if not path:
+        return "(file)"
+    return path[0] + "".join(part if part.startswith("[") else f".{part}" for part in path[1:])
+
+
+def format_problem(source: str, path: KeyPath, message: str, line: int | None) -> str:
+    """One problem line: `<file>: <key.path>: <what is wrong> (line N)`."""
+    return f"{source}: {dotted(path)}: {message}" + (f" (line {line})" if line else "")
+
+
+# --- paths ------------------------------------------------------------------------------------------
+
+def normaliser_for(name: str) -> Callable[[Any, KeyPath, Walk], Any] | None:
+    """How a key's value is resolved: files next to the config or in $CREDENTIALS_DIRECTORY, URLs trimmed."""
+    if name.endswith("_file") or name in _TLS_FILE_KEYS:
+        return _resolve_file
+    return {"source": _resolve_source, "state_dir": _resolve_dir, "url": _strip_slash}.get(name)
+
+
+def _resolve_file(value: str, path: KeyPath, walk: Walk) -> Any:
+    resolved = _locate_file(value, walk.base_dir)
+    if os.path.isdir(resolved):
+        walk.add(path, f"expected a file, found a directory: {resolved}")
+    elif not os.path.exists(resolved):
+        walk.add(path, f"file not found: {resolved}")
+    else:
+        return resolved
+    return INVALID
+
+
+def _locate_file(value: str, base_dir: str) -> str:
+    if os.path.isabs(value):
+        return os.path.normpath(value)
+    # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; those win over files next to the config.
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and os.path.exists(os.path.join(credentials, value)):
+        return os.path.normpath(os.path.join(credentials, value))
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def _resolve_source(value: str, path: KeyPath, walk: Walk) -> Any:
+    if not value.strip():
+        walk.add(path, "must not be empty")
+        return INVALID
+    if value.startswith("picamera2:") and not _DEVICE_SOURCE.match(value):
+        walk.add(path, f"use picamera2 or picamera2:N with N a camera number (got {value!r})")
+        return INVALID
+    return value if _DEVICE_SOURCE.match(value) else _resolve_dir(value, path, walk)
+
+
+def _resolve_dir(value: str, _path: KeyPath, walk: Walk) -> str:
+    return os.path.normpath(os.path.join(walk.base_dir, value))
+
+
+def _strip_slash(value: str, _path: KeyPath, _walk: Walk) -> str:
+    # Request paths are appended to the base URL; only the path's trailing '/' goes, never the '//'.
+    scheme, separator, rest = value.partition("://")
+    return scheme + separator + rest.rstrip("/") if separator else value.rstrip("/")
+
+
+# --- rules -------------------------------------------------------------------------------------------
+
+def check_device_id(device: DeviceConfig, walk: Walk) -> None:
+    """device.id is one MQTT topic level and part of file names."""
+    if not _DEVICE_ID.fullmatch(device.id):
+        walk.rule(("device", "id"), f"use 1 to 64 letters, digits, '-' or '_' (got {device.id!r})")
+
+
+def check_camera_fps(camera: CameraConfig, walk: Walk) -> None:
+    """camera.fps is a pace; 0 means as fast as the server answers."""
+    if camera.fps < 0:
+        walk.rule(("camera", "fps"), f"must be 0 (unpaced) or more (got {camera.fps:g})")
+
+
+def check_capture_size(camera: CameraConfig, walk: Walk) -> None:
+    """camera.width and camera.height are positive and given together."""
+    for name in ("width", "height"):
+        size = getattr(camera, name)
+        if size is not None and size <= 0:
+            walk.rule(("camera", name), f"must be a positive number of pixels (got {size})")
+    if (camera.width is None) != (camera.height is None):
+        given = "width" if camera.height is None else "height"
+        walk.rule(("camera",), f"set width and height together (only {given} is set)",
+                  involves=(("camera", "width"), ("camera", "height")), line_path=("camera", given))
+
+
+def check_server_url(server: ServerConfig, walk: Walk) -> None:
+    """server.url is an http(s) base URL that request paths can be appended to."""
+    problem = _url_problem(server.url)
+    if problem:
+        walk.rule(("server", "url"), f"{problem} (got {server.url!r})")
+
+
+def _url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises on `host:99999` or `host:abc`
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host name"
+    if "?" in url or "#" in url:
+        return "must not have a query or fragment"
+    return None
+
+
+def check_server_model(server: ServerConfig, walk: Walk) -> None:
+    """server.model becomes one segment of every request path."""
+    if not _SERVABLE_NAME.fullmatch(server.model):
+        walk.rule(("server", "model"), f"must be a model name without '/' or ':' (got {server.model!r})")
+
+
+def check_server_version(server: ServerConfig, walk: Walk) -> None:
+    """server.version is a TF Serving version number."""
+    if server.version is not None and server.version < 0:
+        walk.rule(("server", "version"), f"must be 0 or more (got {server.version})")
+
+
+def check_server_label(server: ServerConfig, walk: Walk) -> None:
+    """server.label follows TF Serving's grammar and cannot be mistaken for a version."""
+    label = server.label
+    if label is None:
+        return
+    if not _SERVABLE_NAME.fullmatch(label):
+        walk.rule(("server", "label"), f"must be a non-empty label without '/' or ':' (got {label!r})")
+    elif label.isdigit():
+        walk.rule(("server", "label"), f"must not be all digits; pin a number with server.version (got {label!r})")
+
+
+def check_version_or_label(server: ServerConfig, walk: Walk) -> None:
+    """A model is pinned by version or by label, never both."""
+    if server.version is not None and server.label is not None:
+        walk.rule(("server",), "set either version or label, not both",
+                  involves=(("server", "version"), ("server", "label")), line_path=("server", "label"))
+
+
+def check_server_timeout(server: ServerConfig, walk: Walk) -> None:
+    """server.timeout_s bounds every request."""
+    if server.timeout_s <= 0:
+        walk.rule(("server", "timeout_s"), f"must be more than 0 seconds (got {server.timeout_s:g})")
+
+
+def check_server_headers(server: ServerConfig, walk: Walk) -> None:
+    """server.headers are sendable: token names, values without line breaks."""
+    for name, value in server.headers:
+        if not _HEADER_NAME.fullmatch(name):
+            walk.rule(("server", "headers", name), "is not a valid HTTP header name")
+        elif "\r" in value or "\n" in value:
+            walk.rule(("server", "headers", name), "must not contain a line break")
+
+
+def check_retry_attempts(retry: RetryConfig, walk: Walk) -> None:
+    """server.retry.attempts counts the first try."""
+    if retry.attempts < 1:
+        walk.rule(("server", "retry", "attempts"), f"must be 1 or more (got {retry.attempts})")
+
+
+def check_retry_initial(retry: RetryConfig, walk: Walk) -> None:
+    """server.retry.initial_s is a real wait."""
+    if retry.initial_s <= 0:
+        walk.rule(("server", "retry", "initial_s"), f"must be more than 0 seconds (got {retry.initial_s:g})")
+
+
+def check_retry_max(retry: RetryConfig, walk: Walk) -> None:
+    """server.retry.max_s caps a back-off that starts at initial_s."""
+    if 0 < retry.initial_s and retry.max_s < retry.initial_s:
+        walk.rule(("server", "retry", "max_s"),
+                  f"must be at least initial_s, which is {retry.initial_s:g} (got {retry.max_s:g})",
+                  involves=(("server", "retry", "initial_s"),))
+
+
+def check_model_size(model: ModelConfig, walk: Walk) -> None:
+    """model.size is [height, width] in pixels."""
+    if model.size is not None and min(model.size) <= 0:
+        walk.rule(("model", "size"), f"must be [height, width] of positive integers (got {list(model.size)})")
+
+
+def check_model_labels(model: ModelConfig, walk: Walk) -> None:
+    """model.labels names at least two distinct classes."""
+    problem = _labels_problem(model.labels)
+    if problem:
+        walk.rule(("model", "labels"), problem)
+
+
+def _labels_problem(labels: tuple[str, ...]) -> str | None:
+    if len(labels) < 2:
+        return f"needs at least 2 labels (got {len(labels)})"
+    if not all(label.strip() for label in labels):
+        return "labels must not be empty"
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    return f"labels must be unique ({repeated[0]!r} is given twice)" if repeated else None
+
+
+def check_model_threshold(model: ModelConfig, walk: Walk) -> None:
+    """model.threshold is a probability strictly between 0 and 1."""
+    if not 0 < model.threshold < 1:
+        walk.rule(("model", "threshold"), f"must be between 0 and 1, both excluded (got {model.threshold:g})")
+
+
+def check_mqtt_host(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.host is a host name or address, not a URL."""
+    if not mqtt.host.strip():
+        walk.rule(("mqtt", "host"), "must not be empty")
+    elif "://" in mqtt.host or "/" in mqtt.host:
+        walk.rule(("mqtt", "host"), f"give a host name or address, not a URL (got {mqtt.host!r})")
+
+
+def check_mqtt_port(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.port is a TCP port."""
+    if not 1 <= mqtt.port <= 65535:
+        walk.rule(("mqtt", "port"), f"must be 1 to 65535 (got {mqtt.port})")
+
+
+def check_mqtt_qos(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.qos is an MQTT quality of service."""
+    if mqtt.qos not in (0, 1, 2):
+        walk.rule(("mqtt", "qos"), f"must be 0, 1 or 2 (got {mqtt.qos})")
+
+
+def check_mqtt_keepalive(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.keepalive is long enough not to flood a slow link with pings."""
+    if mqtt.keepalive < 5:
+        walk.rule(("mqtt", "keepalive"), f"must be 5 seconds or more (got {mqtt.keepalive})")
+
+
+def check_topic_prefix(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.topic_prefix is one or more non-empty topic levels without wildcards."""
+    problem = _topic_prefix_problem(mqtt.topic_prefix)
+    if problem:
+        walk.rule(("mqtt", "topic_prefix"), f"{problem} (got {mqtt.topic_prefix!r})")
+
+
+def _topic_prefix_problem(prefix: str) -> str | None:
+    if not prefix:
+        return "must not be empty"
+    if "+" in prefix or "#" in prefix:
+        return "must not contain the MQTT wildcards '+' or '#'"
+    if prefix.startswith("/") or prefix.endswith("/"):
+        return "must not start or end with '/'"
+    return "must not have empty levels ('//')" if "//" in prefix else None
+
+
+def check_state_interval(mqtt: MqttConfig, walk: Walk) -> None:
+    """mqtt.state_interval_s is a real period."""
+    if mqtt.state_interval_s <= 0:
+        walk.rule(("mqtt", "state_interval_s"), f"must be more than 0 seconds (got {mqtt.state_interval_s:g})")
+
+
+def check_password_needs_username(mqtt: MqttConfig, walk: Walk) -> None:
+    """A broker password is only sent with a user name."""
+    if mqtt.password_file is not None and mqtt.username is None:
+        walk.rule(("mqtt", "password_file"), "needs mqtt.username as well",
+                  involves=(("mqtt", "username"),))
+
+
+def check_tls_key_needs_cert(tls: TlsConfig, walk: Walk) -> None:
+    """A client key is useless without its certificate (a certificate file may hold both)."""
+    if tls.keyfile is not None and tls.certfile is None:
+        walk.rule(("mqtt", "tls", "keyfile"), "needs mqtt.tls.certfile as well",
+                  involves=(("mqtt", "tls", "certfile"),))
+
+
+RULES: dict[KeyPath, tuple[Callable[[Any, Walk], None], ...]] = {
+    ("device",): (check_device_id,),
+    ("camera",): (check_camera_fps, check_capture_size),
+    ("server",): (check_server_url, check_server_model, check_server_version, check_server_label,
+                  check_version_or_label, check_server_timeout, check_server_headers),
+    ("server", "retry"): (check_retry_attempts, check_retry_initial, check_retry_max),
+    ("model",): (check_model_size, check_model_labels, check_model_threshold),
+    ("mqtt",): (check_mqtt_host, check_mqtt_port, check_mqtt_qos, check_mqtt_keepalive, check_topic_prefix,
+                check_state_interval, check_password_needs_username),
+    ("mqtt", "tls"): (check_tls_key_needs_cert,),
+}

@@ -1,0 +1,325 @@
+"""The agent's main loop: frame -> tensor -> prediction -> result -> MQTT, paced, with signals and health.
+
+Read ``run()`` top to bottom: it is the whole product. Each stage lives in its own module; this
+one only wires them, decides what an error means for the loop, and keeps ``state`` true.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+from agent.classify import classify, first_output
+from agent.config import Config
+from agent.encode import PixelEncoder, predict_body
+from agent.errors import (
+    AgentError,
+    BadReplyError,
+    FrameDecodeError,
+    ModelNotAvailable,
+    PublishError,
+    ServerError,
+    SourceError,
+    SourceUnavailable,
+    TransientServerError,
+)
+from agent.frames import Frame
+from agent.health import Health, Status
+from agent.model import ServedModel, fetch_served_model
+from agent.mqtt import Publisher, Topics
+from agent.preprocess import fit
+from agent.result import Result
+from agent.serving import Endpoint, RetryPolicy, ServingClient
+from agent.sources import open_source
+from agent.sources.base import FrameSource
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 69, 78
+SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit well inside systemd's and the contract's 5 s
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """The stop event was set while waiting."""
+
+
+def run(config: Config, stop: threading.Event | None = None) -> int:
+    """Run the agent until the source ends or ``stop`` is set (SIGTERM/SIGINT set it). Returns the exit code."""
+    stop = stop or install_stop_signals(threading.Event())
+    health = Health(config.device.id, config.server.model, config.server.label)
+    serving = make_serving_client(config, stop)
+    try:
+        publisher = Publisher(config.mqtt, Topics.for_device(config.mqtt.topic_prefix, config.device.id),
+                              config.client_id).start()
+    except (PublishError, OSError) as exc:
+        logger.error("mqtt setup failed: %s", exc)
+        return EXIT_CONFIG
+    agent = Agent(config, stop, health, serving, publisher)
+    try:
+        return agent.run()
+    finally:
+        agent.shutdown()
+
+
+class Agent:
+    """One run of the pipeline; owns the stages it opens and closes them in ``shutdown``."""
+
+    def __init__(self, config: Config, stop: threading.Event, health: Health, serving: ServingClient,
+                 publisher: Publisher):
+        self.config, self.stop, self.health = config, stop, health
+        self.serving, self.publisher = serving, publisher
+        self.source: FrameSource | None = None
+        self.model: ServedModel | None = None
+        self.encoder = PixelEncoder(config.model.scale)
+        self.outage = Outage(health, config.server.retry.initial_s)
+        self.reporter = StateReporter(health, publisher, config.mqtt.state_interval_s)
+        self.finished = False  # the finite source ended (as opposed to a stop signal)
+
+    def run(self) -> int:
+        self.reporter.publish()
+        try:
+            self.model = self.wait_for_model()
+            if self.model is None:
+                return EXIT_OK  # stopped while waiting for the server
+            self.source = open_source(self.config.camera)
+            self.source.open()
+        except (ModelNotAvailable, SourceUnavailable) as exc:
+            return self.fail_start(exc)
+        logger.info("running device=%s source=%s model=%s %s", self.config.device.id, self.source.description,
+                    self.config.server.model, self.model.describe())
+        self.health.status = Status.RUNNING
+        self.reporter.publish()
+        self.loop(self.source, self.model)
+        return EXIT_OK
+
+    def loop(self, source: FrameSource, model: ServedModel) -> None:
+        """frame -> pixels -> request -> reply -> classification -> result -> MQTT, paced to camera.fps."""
+        pacer = Pacer(self.config.camera.fps)
+        retry_frame: Frame | None = None
+        while not self.stop.is_set():
+            frame = retry_frame or self.next_frame(source)
+            retry_frame = None
+            if frame is None:
+                self.finished = True
+                break
+            try:
+                result = self.classify_frame(frame, model)
+            except TransientServerError as exc:
+                self.outage.down(exc)
+                self.stop.wait(self.outage.pause_s())
+                retry_frame = None if source.live else frame  # a file's frame is worth the wait
+                continue
+            except (ServerError, Stopped) as exc:
+                self.skip_frame(frame, exc)
+                continue
+            self.outage.up()
+            self.publisher.publish_result(result.payload())
+            self.health.record_result()
+            self.reporter.maybe_publish()
+            pacer.wait(self.stop)
+
+    def next_frame(self, source: FrameSource) -> Frame | None:
+        """The next frame; bad items are logged, counted and skipped."""
+        while not self.stop.is_set():
+            try:
+                frame = source.read()
+            except FrameDecodeError as exc:
+                self.record_error(exc, logging.WARNING)
+                continue
+            except SourceError as exc:
+                self.health.camera_ok = False
+                self.record_error(exc, logging.ERROR)
+                raise
+            if frame is not None:
+                self.health.frames += 1
+            return frame
+        return None
+
+    def classify_frame(self, frame: Frame, model: ServedModel) -> Result:
+        pixels = fit(frame.rgb, model.input_spec)
+        body = predict_body(pixels, self.encoder, input_name=model.input_name, signature=self.serving.signature)
+        reply = call_unless_stopped(lambda: self.serving.predict(body), self.stop)
+        values = first_output(reply, model.output_name)
+        classification = classify(values, self.config.model.labels, self.config.model.threshold)
+        latency_ms = (time.time() - frame.captured_at) * 1000.0
+        logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", frame.seq, frame.origin,
+                     classification.label, classification.score, latency_ms)
+        return Result(self.config.device.id, self.config.server.model, model.version, frame.seq,
+                      frame.captured_at, classification, latency_ms, frame.origin)
+
+    def skip_frame(self, frame: Frame, exc: Exception) -> None:
+        if isinstance(exc, Stopped):
+            return
+        if isinstance(exc, BadReplyError):
+            self.outage.up()  # the server answered, badly: it is up
+        self.record_error(exc, logging.ERROR, f"frame={frame.seq} origin={frame.origin}")
+
+    def wait_for_model(self) -> ServedModel | None:
+        """Resolve the pinned model, waiting out transient failures (server still booting, unreachable)."""
+        while not self.stop.is_set():
+            try:
+                model = fetch_served_model(self.serving, self.config.model)
+            except TransientServerError as exc:
+                self.outage.down(exc)
+                self.reporter.publish()
+                self.stop.wait(self.outage.pause_s())
+                continue
+            self.outage.up()
+            self.health.version = model.version
+            return model
+        return None
+
+    def fail_start(self, exc: AgentError) -> int:
+        logger.error("cannot start: %s", exc)
+        self.health.record_error(exc.kind, str(exc))
+        self.reporter.publish()
+        return EXIT_UNAVAILABLE
+
+    def record_error(self, exc: AgentError, level: int, context: str = "") -> None:
+        self.health.record_error(exc.kind, str(exc))
+        logger.log(level, "%s error %s%s", exc.kind, f"{context} " if context else "", exc)
+        self.reporter.maybe_publish()
+
+    def shutdown(self) -> None:
+        """Deliver what can be delivered, publish the final state and ``offline``, close everything."""
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        self.health.status = Status.STOPPING
+        if self.finished:
+            self.wait_for_acks()  # a finite run ends only when every result is acknowledged
+        self.health.status = Status.STOPPED
+        self.reporter.publish()
+        if self.source is not None:
+            self.source.close()
+        self.serving.close()
+        left = self.publisher.pending()
+        delivered = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
+        if not delivered:
+            logger.warning("exiting with unacknowledged messages count=%d (broker unreachable)", left)
+        logger.info("stopped %s", self.health.summary())
+
+    def wait_for_acks(self) -> None:
+        while not self.publisher.wait_delivered(timeout=30.0, stop=self.stop):
+            if self.stop.is_set():
+                return
+            logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
+
+
+@dataclass
+class Outage:
+    """Server up/down bookkeeping: one log line when it goes down, one when it is back, capped pauses."""
+
+    health: Health
+    initial_s: float
+    max_s: float = 30.0
+    since: float | None = None
+    failures: int = 0
+
+    def down(self, exc: ServerError) -> None:
+        self.failures += 1
+        self.health.record_error(exc.kind, str(exc))
+        if self.since is None:
+            self.since = time.monotonic()
+            self.health.server_ok = False
+            self.health.refresh_status()
+            logger.error("server unavailable, will keep retrying: %s", exc)
+
+    def up(self) -> None:
+        if self.since is not None:
+            logger.info("server back after %.1f s failures=%d", time.monotonic() - self.since, self.failures)
+        self.since, self.failures = None, 0
+        self.health.server_ok = True
+        self.health.refresh_status()
+
+    def pause_s(self) -> float:
+        return min(self.max_s, self.initial_s * 2 ** min(self.failures - 1, 16))
+
+
+class StateReporter:
+    """Publishes the retained ``state`` on change and at least every ``interval_s``."""
+
+    def __init__(self, health: Health, publisher: Publisher, interval_s: float):
+        self.health, self.publisher, self.interval_s = health, publisher, interval_s
+        self.last_sent = 0.0
+        self.last_key: tuple = ()
+
+    def publish(self) -> None:
+        self.health.refresh_status()
+        self.publisher.publish_state(self.health.snapshot(queued=self.publisher.pending()))
+        self.last_sent = time.monotonic()
+        self.last_key = self._key()
+
+    def maybe_publish(self) -> None:
+        if self._key() != self.last_key or time.monotonic() - self.last_sent >= self.interval_s:
+            self.publish()
+
+    def _key(self) -> tuple:
+        h = self.health
+        return (h.status, h.server_ok, h.camera_ok, h.version, sum(h.errors.values()))
+
+
+class Pacer:
+    """Holds the loop to at most ``fps`` iterations per second without bursting to catch up."""
+
+    def __init__(self, fps: float):
+        self.interval = 1.0 / fps if fps > 0 else 0.0
+        self.next_due = time.monotonic()
+
+    def wait(self, stop: threading.Event) -> None:
+        if not self.interval:
+            return
+        self.next_due = max(self.next_due + self.interval, time.monotonic())
+        stop.wait(max(0.0, self.next_due - time.monotonic()))
+
+
+def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:
+    """Run ``call`` in a helper thread; raise Stopped as soon as ``stop`` is set (the call is abandoned)."""
+    outcome: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="predict", daemon=True).start()
+    while not done.wait(0.05):
+        if stop.is_set():
+            raise Stopped()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:
+    server = config.server
+    headers = dict(server.headers)
+    if server.token_file:
+        with open(server.token_file, encoding="utf-8") as token:
+            headers["Authorization"] = f"Bearer {token.read().strip()}"
+    retry = RetryPolicy(server.retry.attempts, server.retry.initial_s, server.retry.max_s)
+    return ServingClient(Endpoint(server.url, server.model, server.version, server.label),
+                         signature=server.signature, timeout_s=server.timeout_s, retry=retry, headers=headers,
+                         ca_certs=server.ca_certs, stop=stop)
+
+
+def install_stop_signals(stop: threading.Event) -> threading.Event:
+    """SIGTERM and SIGINT set ``stop``; a second SIGINT still interrupts a hung shutdown."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        logger.info("stopping signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+

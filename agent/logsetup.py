@@ -1,0 +1,41 @@
+"""Logging for a daemon: one line per event; under systemd no timestamps of our own, levels as <N> prefixes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# syslog priorities understood by journald's stream reader (SyslogLevelPrefix=yes is the default).
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{super().format(record)}"
+
+
+def under_journal(stream: object = None) -> bool:
+    """True when our stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode)."""
+    stream = stream or sys.stderr
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if under_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # urllib3 logs every new connection at DEBUG and retries at WARNING; ours are the ones that count.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)

@@ -1,0 +1,195 @@
+"""MQTT publisher (paho-mqtt 2.x): availability with Last Will, results, retained state.
+
+paho runs its network thread (``loop_start``); we never call ``wait_for_publish`` (it raises for
+messages queued while offline and can hang). Delivery is tracked by message id from ``on_publish``,
+which for QoS 1 fires on the broker's PUBACK.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import MqttConfig
+from agent.errors import PublishError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Topics:
+    availability: str
+    result: str
+    state: str
+    command: str
+    command_result: str
+
+    @classmethod
+    def for_device(cls, prefix: str, device: str) -> Topics:
+        base = f"{prefix}/{device}"
+        return cls(f"{base}/availability", f"{base}/result", f"{base}/state", f"{base}/command",
+                   f"{base}/command/result")
+
+
+def encode_payload(payload: dict) -> bytes:
+    """Compact JSON, the same bytes for the same payload."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+class Publisher:
+    """A connected-when-possible MQTT client that knows which messages the broker has acknowledged."""
+
+    def __init__(self, cfg: MqttConfig, topics: Topics, client_id: str):
+        self.cfg = cfg
+        self.topics = topics
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()  # mids published but not yet acknowledged
+        self._acked_early: set[int] = set()  # mids acknowledged before publish() returned them
+        self._connected = threading.Event()
+        self._retained_state: bytes | None = None
+        self.on_connect_hooks: list[Callable[[], None]] = []
+        self.client = self._build_client(client_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Publisher:
+        """Connect in the background; paho reconnects on its own with capped back-off."""
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, timeout: float = 3.0) -> bool:
+        """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked."""
+        delivered = True
+        if self.connected:
+            self._publish(self.topics.availability, b"offline", retain=True)
+            delivered = self.wait_delivered(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return delivered
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish_result(self, payload: dict) -> None:
+        self._publish(self.topics.result, encode_payload(payload), retain=False)
+
+    def publish_state(self, payload: dict) -> None:
+        self._retained_state = encode_payload(payload)
+        if self.connected:
+            self._publish(self.topics.state, self._retained_state, retain=True)
+
+    def publish_raw(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self._publish(topic, payload, retain=retain)
+
+    def pending(self) -> int:
+        """Messages handed to paho that the broker has not acknowledged yet."""
+        with self._lock:
+            return len(self._pending)
+
+    def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None) -> bool:
+        """Block until every published message is acknowledged, ``timeout`` passes or ``stop`` is set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending():
+            if stop is not None and stop.is_set():
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            # NO_CONN with QoS >= 1 means "queued, sent after reconnect"; anything else is a real refusal.
+            logger.warning("mqtt publish refused topic=%s rc=%s", topic, paho.error_string(info.rc))
+            return
+        if self.cfg.qos == 0 and info.rc == paho.MQTT_ERR_NO_CONN:
+            return  # paho drops QoS 0 while offline; nothing will ever acknowledge it
+        with self._lock:
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+            else:
+                self._pending.add(info.mid)
+
+    # -- paho wiring ----------------------------------------------------------------------------
+
+    def _build_client(self, client_id: str) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                             clean_session=True)
+        client.suppress_exceptions = True  # a bug in a callback must never end the network thread
+        client.will_set(self.topics.availability, b"offline", qos=max(1, self.cfg.qos), retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._configure_auth(client)
+        client.on_connect = _guarded(self._on_connect)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
+        return client
+
+    def _configure_auth(self, client: paho.Client) -> None:
+        if self.cfg.username:
+            password = None
+            if self.cfg.password_file:
+                password = Path(self.cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            client.username_pw_set(self.cfg.username, password)
+        tls = self.cfg.tls
+        if tls is None:
+            return
+        if tls.keyfile and b"ENCRYPTED" in Path(tls.keyfile).read_bytes():
+            # paho would prompt for the pass phrase on a terminal, which hangs a daemon.
+            raise PublishError(f"mqtt.tls.keyfile {tls.keyfile} is encrypted; use an unencrypted key file")
+        try:
+            client.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise PublishError(f"mqtt.tls: cannot load certificates: {exc}") from exc
+        client.tls_insecure_set(tls.insecure)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            logger.error("mqtt connect refused host=%s port=%s reason=%s", self.cfg.host, self.cfg.port, reason)
+            return
+        logger.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
+        self._connected.set()
+        self._publish(self.topics.availability, b"online", retain=True)
+        if self._retained_state is not None:
+            self._publish(self.topics.state, self._retained_state, retain=True)
+        for hook in self.on_connect_hooks:
+            hook()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self._connected.is_set():
+            logger.warning("mqtt disconnected host=%s reason=%s", self.cfg.host, reason)
+        self._connected.clear()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:
+                self._acked_early.add(mid)
+
+
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    def guarded(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("mqtt callback failed callback=%s", callback.__name__)
+
+    return guarded

@@ -1,0 +1,46 @@
+"""``catdog-agent predict``: classify image files through the configured server, one line each."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.classify import classify, first_output
+from agent.config import Config
+from agent.encode import PixelEncoder, predict_body
+from agent.errors import AgentError
+from agent.model import fetch_served_model
+from agent.preprocess import fit
+from agent.sources.files import ImageSource
+
+
+def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool]]:
+    """Yield ``(line, ok)`` per image: ``path: label score (scores) version N``, or the error."""
+    from agent.daemon import make_serving_client
+
+    serving = make_serving_client(config, threading.Event())
+    try:
+        model = fetch_served_model(serving, config.model)
+        encoder = PixelEncoder(model.input_spec.scale)
+        for path in paths:
+            try:
+                yield _predict_one(path, config, serving, model, encoder), True
+            except AgentError as exc:
+                yield f"{path}: error: {exc}", False
+    finally:
+        serving.close()
+
+
+def _predict_one(path: Path, config: Config, serving, model, encoder: PixelEncoder) -> str:  # type: ignore[no-untyped-def]
+    source = ImageSource(path, swap_rb=config.camera.swap_rb)
+    source.open()
+    frame = source.read()
+    source.close()
+    assert frame is not None
+    body = predict_body(fit(frame.rgb, model.input_spec), encoder, input_name=model.input_name,
+                        signature=serving.signature)
+    result = classify(first_output(serving.predict(body), model.output_name), config.model.labels,
+                      config.model.threshold)
+    scores = ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items())
+    return f"{path}: {result.label} {result.score:.3f} ({scores}) version {model.version}"

@@ -1,0 +1,308 @@
+"""TF Serving REST client: URLs, status, metadata, predict, error mapping and the retry policy.
+
+This module is the one boundary where ``requests`` exceptions and HTTP statuses become agent errors:
+connection errors, timeouts and 429/502/503/504 are transient (retried with jittered exponential
+back-off); every other failure is permanent or a bad reply, and is never retried blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
+from urllib.parse import quote
+
+import requests
+import tenacity
+
+from agent.errors import (
+    BadReplyError,
+    ModelNotAvailable,
+    PermanentServerError,
+    ServerError,
+    TransientServerError,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the model lives: base URL, model name and at most one of version / label."""
+
+    url: str
+    model: str
+    version: int | None = None
+    label: str | None = None
+
+    @property
+    def pin(self) -> str:
+        """Human-readable pin: 'version 2', 'label stable' or 'latest'."""
+        if self.version is not None:
+            return f"version {self.version}"
+        if self.label is not None:
+            return f"label {self.label}"
+        return "latest"
+
+    def model_url(self, *, pinned: bool = True) -> str:
+        base = f"{self.url.rstrip('/')}/v1/models/{quote(self.model, safe='')}"
+        if pinned and self.version is not None:
+            return f"{base}/versions/{self.version}"
+        if pinned and self.label is not None:
+            return f"{base}/labels/{quote(self.label, safe='')}"
+        return base
+
+    @property
+    def predict_url(self) -> str:
+        return self.model_url() + ":predict"
+
+    @property
+    def metadata_url(self) -> str:
+        return self.model_url() + "/metadata"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    initial_s: float = 0.5
+    max_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: str
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype} [{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ``/metadata`` says about one signature, and which version actually answered."""
+
+    version: str
+    inputs: Mapping[str, TensorInfo] = field(default_factory=dict)
+    outputs: Mapping[str, TensorInfo] = field(default_factory=dict)
+
+
+class ServingClient:
+    """One keep-alive HTTP session to one TF Serving model, pinned as the endpoint says."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        signature: str = "serving_default",
+        timeout_s: float = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        headers: Mapping[str, str] | None = None,
+        ca_certs: str | None = None,
+        session: requests.Session | None = None,
+        stop: threading.Event | None = None,
+    ):
+        self.endpoint = endpoint
+        self.signature = signature
+        self.timeout = (min(timeout_s, 5.0), timeout_s)  # (connect, read): fail fast on a dead host
+        self.retry = retry
+        self.stop = stop or threading.Event()
+        self.session = session or requests.Session()
+        self.session.headers.update({"Content-Type": "application/json", **(headers or {})})
+        if ca_certs:
+            self.session.verify = ca_certs
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- public calls -------------------------------------------------------------------------
+
+    def predict(self, body: bytes) -> dict:
+        """POST one request body to ``:predict``; the parsed reply (retried on transient errors)."""
+        return self._with_retry("predict", lambda: self._call("POST", self.endpoint.predict_url, body))
+
+    def status(self, *, pinned: bool = True) -> list[VersionStatus]:
+        """Version states of the pinned version, or of all versions (label/latest, or pinned=False)."""
+        url = self.endpoint.model_url(pinned=pinned and self.endpoint.version is not None)
+        reply = self._with_retry("status", lambda: self._call("GET", url))
+        return parse_status(reply, url)
+
+    def metadata(self) -> ModelMetadata:
+        """Signature inputs/outputs of the pinned model, and the version that answered."""
+        url = self.endpoint.metadata_url
+        reply = self._with_retry("metadata", lambda: self._call("GET", url))
+        return parse_metadata(reply, self.signature, url)
+
+    def available_versions(self) -> list[str]:
+        """Versions the server reports AVAILABLE for this model (one attempt, no retry)."""
+        try:
+            reply = self._call("GET", self.endpoint.model_url(pinned=False))
+            return [v.version for v in parse_status(reply, "") if v.state == "AVAILABLE"]
+        except ServerError:
+            return []
+
+    def check_available(self) -> list[VersionStatus]:
+        """Raise ModelNotAvailable (listing what is) unless the pinned model can be served now."""
+        try:
+            states = self.status()
+        except PermanentServerError as exc:
+            if exc.status == 404:
+                raise self._not_available(str(exc)) from exc
+            raise
+        if self.endpoint.version is not None:
+            state = states[0].state if states else "missing"
+            if state != "AVAILABLE":
+                detail = f"version {self.endpoint.version} is {state}"
+                if state in ("START", "LOADING"):
+                    raise TransientServerError(self._describe(detail + " (still loading)"))
+                raise self._not_available(detail)
+        elif not any(s.state == "AVAILABLE" for s in states):
+            raise TransientServerError(self._describe("no version is AVAILABLE yet"))
+        return states
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _not_available(self, detail: str) -> ModelNotAvailable:
+        versions = self.available_versions()
+        listed = ", ".join(versions) if versions else "none"
+        return ModelNotAvailable(self._describe(f"{detail}; available versions: {listed}"), status=404)
+
+    def _describe(self, detail: str) -> str:
+        return f"model {self.endpoint.model} {self.endpoint.pin} at {self.endpoint.url}: {detail}"
+
+    def _with_retry(self, operation: str, call: Callable[[], T]) -> T:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientServerError),
+            stop=tenacity.stop_after_attempt(self.retry.attempts) | _stop_when_set(self.stop),
+            # "Full jitter" between initial/2 and the capped exponential: devices that lost the server
+            # together do not come back in lock-step.
+            wait=tenacity.wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s,
+                                                  min=self.retry.initial_s / 2),
+            sleep=self.stop.wait,
+            before_sleep=_log_retry(operation),
+            reraise=True,
+        )
+        return retrying(call)
+
+    def _call(self, method: str, url: str, body: bytes | None = None) -> Any:
+        """One HTTP exchange, mapped to a parsed JSON reply or an agent error."""
+        try:
+            response = self.session.request(method, url, data=body, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise TransientServerError(f"{method} {url}: timed out after {self.timeout[1]:g} s", url=url) from exc
+        except requests.ConnectionError as exc:
+            raise TransientServerError(f"{method} {url}: cannot connect ({_root_cause(exc)})", url=url) from exc
+        except requests.RequestException as exc:
+            raise PermanentServerError(f"{method} {url}: {exc}", url=url) from exc
+        if response.status_code != 200:
+            raise _status_error(method, url, response)
+        return _parse_json(response, url)
+
+
+def _stop_when_set(stop: threading.Event) -> tenacity.stop.stop_base:
+    class _StopWhenSet(tenacity.stop.stop_base):
+        def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+            return stop.is_set()
+
+    return _StopWhenSet()
+
+
+def _log_retry(operation: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait_s = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("server retry op=%s attempt=%d wait_s=%.2f error=%s", operation,
+                       state.attempt_number, wait_s, error)
+
+    return log
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc)
+    return text.split("] ", 1)[-1] if text.startswith("[Errno") else text or type(exc).__name__
+
+
+def _status_error(method: str, url: str, response: requests.Response) -> ServerError:
+    message = f"{method} {url}: HTTP {response.status_code}: {server_message(response)}"
+    if response.status_code in TRANSIENT_STATUSES:
+        return TransientServerError(message, status=response.status_code, url=url)
+    return PermanentServerError(message, status=response.status_code, url=url)
+
+
+def server_message(response: requests.Response) -> str:
+    """The server's ``{"error": ...}`` text, or a short excerpt of a non-JSON body (HTML proxies)."""
+    text = response.text
+    try:
+        error = json.loads(text).get("error")
+        if isinstance(error, str):
+            return error
+    except (ValueError, AttributeError):
+        pass
+    excerpt = " ".join(text.split())[:160]
+    return excerpt or response.reason or "(empty body)"
+
+
+def _parse_json(response: requests.Response, url: str) -> Any:
+    try:
+        # TF Serving writes bare NaN/Infinity tokens: Python's json accepts them by default.
+        return json.loads(response.content)
+    except ValueError as exc:
+        excerpt = " ".join(response.text.split())[:80]
+        raise BadReplyError(f"reply from {url} is not JSON ({exc}): {excerpt!r}", url=url) from exc
+
+
+def parse_status(reply: Any, url: str) -> list[VersionStatus]:
+    """Decode ``model_version_status`` (newest first, versions as strings)."""
+    entries = reply.get("model_version_status") if isinstance(reply, dict) else None
+    if not isinstance(entries, list):
+        raise BadReplyError(f"status reply from {url} has no model_version_status list", url=url)
+    states = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise BadReplyError(f"status reply from {url}: entry is not an object: {entry!r}", url=url)
+        status = entry.get("status") or {}
+        states.append(VersionStatus(str(entry.get("version", "")), str(entry.get("state", "UNKNOWN")),
+                                    str(status.get("error_code", "OK")), str(status.get("error_message", ""))))
+    return states
+
+
+def parse_metadata(reply: Any, signature: str, url: str) -> ModelMetadata:
+    """Decode the doubled ``metadata.signature_def.signature_def`` map for one signature."""
+    try:
+        version = str(reply["model_spec"]["version"])
+        signatures = reply["metadata"]["signature_def"]["signature_def"]
+    except (KeyError, TypeError) as exc:
+        raise BadReplyError(f"metadata reply from {url} lacks {exc}", url=url) from exc
+    if signature not in signatures:
+        names = ", ".join(sorted(k for k in signatures if not k.startswith("__"))) or "none"
+        raise PermanentServerError(f"signature {signature!r} not found at {url} (signatures: {names})", url=url)
+    sig = signatures[signature]
+    return ModelMetadata(version, _tensors(sig.get("inputs", {}), url), _tensors(sig.get("outputs", {}), url))
+
+
+def _tensors(entries: Mapping[str, Any], url: str) -> dict[str, TensorInfo]:
+    tensors = {}
+    for alias, info in entries.items():
+        try:
+            dims = info.get("tensor_shape", {}).get("dim", [])
+            shape = tuple(int(d.get("size", -1)) for d in dims)
+            tensors[alias] = TensorInfo(alias, str(info.get("dtype", "DT_INVALID")), shape)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise BadReplyError(f"metadata reply from {url}: tensor {alias!r} is malformed ({exc})") from exc
+    return tensors
