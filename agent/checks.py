@@ -66,10 +66,15 @@ class Checker:
         mqtt = self.config.mqtt
         topics = Topics.for_device(mqtt.topic_prefix, self.config.device.id)
         # A distinct client id: reusing the daemon's would disconnect a running agent.
-        publisher = Publisher(mqtt, topics, f"{self.config.client_id}-check").start()
+        publisher = Publisher(mqtt, topics, f"{self.config.client_id}-check")
         try:
+            publisher.client.connect(mqtt.host, mqtt.port, keepalive=mqtt.keepalive)  # refusals raise at once
+            publisher.client.loop_start()
             if not publisher.wait_connected(5.0):
-                raise AgentError(f"no connection to {mqtt.host}:{mqtt.port} within 5 s")
+                reason = publisher.refused or "no CONNACK within 5 s"
+                raise AgentError(f"{mqtt.host}:{mqtt.port}: {reason}")
+        except OSError as exc:
+            raise AgentError(f"{mqtt.host}:{mqtt.port}: {exc.strerror or exc}") from exc
         finally:
             publisher.client.disconnect()
             publisher.client.loop_stop()

@@ -79,6 +79,7 @@ class Agent:
         self.outage = Outage(health, config.server.retry.initial_s)
         self.reporter = StateReporter(health, publisher, config.mqtt.state_interval_s)
         self.finished = False  # the finite source ended (as opposed to a stop signal)
+        self.repeats = RepeatFilter()
 
     def run(self) -> int:
         self.reporter.publish()
@@ -111,6 +112,7 @@ class Agent:
                 result = self.classify_frame(frame, model)
             except TransientServerError as exc:
                 self.outage.down(exc)
+                self.reporter.maybe_publish()
                 self.stop.wait(self.outage.pause_s())
                 retry_frame = None if source.live else frame  # a file's frame is worth the wait
                 continue
@@ -182,7 +184,8 @@ class Agent:
 
     def record_error(self, exc: AgentError, level: int, context: str = "") -> None:
         self.health.record_error(exc.kind, str(exc))
-        logger.log(level, "%s error %s%s", exc.kind, f"{context} " if context else "", exc)
+        if self.repeats.first(str(exc)):
+            logger.log(level, "%s error %s%s", exc.kind, f"{context} " if context else "", exc)
         self.reporter.maybe_publish()
 
     def shutdown(self) -> None:
@@ -237,6 +240,24 @@ class Outage:
 
     def pause_s(self) -> float:
         return min(self.max_s, self.initial_s * 2 ** min(self.failures - 1, 16))
+
+
+class RepeatFilter:
+    """Lets an error message through once per ``window_s``; repeats are only counted (in ``state``)."""
+
+    def __init__(self, window_s: float = 300.0):
+        self.window_s = window_s
+        self.last_seen: dict[str, float] = {}
+
+    def first(self, message: str) -> bool:
+        now = time.monotonic()
+        seen = self.last_seen.get(message)
+        if seen is not None and now - seen < self.window_s:
+            return False
+        if len(self.last_seen) > 100:  # bounded: distinct messages (file names) must not grow memory
+            self.last_seen.clear()
+        self.last_seen[message] = now
+        return True
 
 
 class StateReporter:

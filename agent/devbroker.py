@@ -1,4 +1,8 @@
-"""A throw-away local mosquitto on a free loopback port, for the demo and the tests (never the daemon)."""
+"""A throw-away local mosquitto on a free loopback port, for the demo and the tests (never the daemon).
+
+With ``tls=TlsFiles(...)`` it also opens a TLS listener on ``tls_port`` (``port`` stays plain MQTT), optionally
+demanding a client certificate signed by ``TlsFiles.cafile`` (mutual TLS).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_HINT = "mosquitto is not installed: run ./install.sh --dev (or: sudo apt-get install mosquitto)"
@@ -25,15 +30,41 @@ def find_mosquitto() -> str | None:
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
 
 
-class LocalBroker:
-    """mosquitto bound to 127.0.0.1:<port>; ``restart()`` keeps the port (for outage tests)."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the broker's TLS listener; ``require_certificate``: clients need a cert signed by ``cafile``."""
 
-    def __init__(self, port: int | None = None, persistence: bool = False, users: dict[str, str] | None = None):
+    cafile: str | Path
+    certfile: str | Path
+    keyfile: str | Path
+    require_certificate: bool = False
+
+    def listener_lines(self, port: int) -> list[str]:
+        lines = [f"listener {port} 127.0.0.1"]
+        for option in ("cafile", "certfile", "keyfile"):
+            path = Path(getattr(self, option)).resolve()  # mosquitto would resolve a relative path from its cwd
+            if not path.is_file():
+                raise FileNotFoundError(f"TlsFiles.{option}: no such file: {path}")
+            lines.append(f"{option} {path}")
+        return [*lines, f"require_certificate {'true' if self.require_certificate else 'false'}"]
+
+
+class LocalBroker:
+    """mosquitto bound to 127.0.0.1:<port> (and :<tls_port> with ``tls``); ``restart()`` keeps the ports."""
+
+    def __init__(self, port: int | None = None, persistence: bool = False, users: dict[str, str] | None = None,
+                 tls: TlsFiles | None = None, tls_port: int | None = None):
         binary = find_mosquitto()
         if binary is None:
             raise FileNotFoundError(MOSQUITTO_HINT)
         self.binary = binary
         self.port = port or free_port()
+        self.tls = tls
+        self.tls_port: int | None = None
+        if tls is not None:
+            self.tls_port = tls_port or free_port()
+            while self.tls_port == self.port:  # two free_port() calls may hand out the same number
+                self.tls_port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="catdog-mosquitto-"))
         self.conf = self.workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
@@ -44,6 +75,8 @@ class LocalBroker:
                  f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
         if users:
             lines.append(f"password_file {self._write_passwords(users)}")
+        if tls is not None and self.tls_port is not None:
+            lines += tls.listener_lines(self.tls_port)  # listener options follow their `listener` line
         self.conf.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen | None = None
 
@@ -65,12 +98,17 @@ class LocalBroker:
                 log = (self.workdir / "mosquitto.log").read_text(errors="replace")
                 raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {log.strip()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                for port in self.ports:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout} s")
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.ports} within {timeout} s")
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] if self.tls_port is None else [self.port, self.tls_port]
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None:

@@ -56,6 +56,7 @@ class Publisher:
         self._acked_early: set[int] = set()  # mids acknowledged before publish() returned them
         self._connected = threading.Event()
         self._retained_state: bytes | None = None
+        self.refused: str | None = None  # the broker's reason when it refused our CONNECT
         self.on_connect_hooks: list[Callable[[], None]] = []
         self.client = self._build_client(client_id)
 
@@ -162,6 +163,7 @@ class Publisher:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
+            self.refused = f"connection refused: {reason}"
             logger.error("mqtt connect refused host=%s port=%s reason=%s", self.cfg.host, self.cfg.port, reason)
             return
         logger.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)

@@ -189,22 +189,29 @@ def run_agent(config: Path, *extra: str, timeout: float = 60.0) -> subprocess.Co
 
 
 class AgentProcess:
-    """``catdog-agent run`` in the background; always killed at the end of the test."""
+    """``catdog-agent run`` in the background; its stderr goes to a file (a pipe could fill and block it)."""
 
     def __init__(self, config: Path, *extra: str):
-        self.process = subprocess.Popen(agent_command("run", "--config", str(config), *extra),
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.stderr = ""
+        self.log_path = config.with_suffix(".stderr.log")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(agent_command("run", "--config", str(config), *extra),
+                                            stdout=subprocess.DEVNULL, stderr=log)
+
+    @property
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         self.process.send_signal(sig)
-        _, self.stderr = self.process.communicate(timeout=timeout)
-        return self.process.returncode
+        return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-        self.process.communicate()
+        self.process.wait()
 
 
 @pytest.fixture
