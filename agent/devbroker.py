@@ -61,10 +61,14 @@ class LocalBroker:
         self.port = port or free_port()
         self.tls = tls
         self.tls_port: int | None = None
+        tls_lines: list[str] = []
         if tls is not None:
+            if tls_port is not None and tls_port == self.port:
+                raise ValueError(f"tls_port must differ from port {self.port}")
             self.tls_port = tls_port or free_port()
             while self.tls_port == self.port:  # two free_port() calls may hand out the same number
                 self.tls_port = free_port()
+            tls_lines = tls.listener_lines(self.tls_port)  # checks the files before anything is created
         self.workdir = Path(tempfile.mkdtemp(prefix="catdog-mosquitto-"))
         self.conf = self.workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
@@ -75,9 +79,7 @@ class LocalBroker:
                  f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
         if users:
             lines.append(f"password_file {self._write_passwords(users)}")
-        if tls is not None and self.tls_port is not None:
-            lines += tls.listener_lines(self.tls_port)  # listener options follow their `listener` line
-        self.conf.write_text("\n".join(lines) + "\n")
+        self.conf.write_text("\n".join(lines + tls_lines) + "\n")  # listener options follow their `listener`
         self.process: subprocess.Popen | None = None
 
     def _write_passwords(self, users: dict[str, str]) -> Path:
@@ -104,7 +106,8 @@ class LocalBroker:
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.ports} within {timeout} s")
+        ports = ", ".join(map(str, self.ports))
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1 port(s) {ports} within {timeout} s")
 
     @property
     def ports(self) -> list[int]:

@@ -57,6 +57,7 @@ class Publisher:
         self._connected = threading.Event()
         self._retained_state: bytes | None = None
         self.refused: str | None = None  # the broker's reason when it refused our CONNECT
+        self._stopping = False
         self.on_connect_hooks: list[Callable[[], None]] = []
         self.client = self._build_client(client_id)
 
@@ -78,6 +79,7 @@ class Publisher:
     def stop(self, timeout: float = 3.0) -> bool:
         """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked."""
         delivered = True
+        self._stopping = True
         if self.connected:
             self._publish(self.topics.availability, b"offline", retain=True)
             delivered = self.wait_delivered(timeout)
@@ -175,7 +177,7 @@ class Publisher:
             hook()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping:
             logger.warning("mqtt disconnected host=%s reason=%s", self.cfg.host, reason)
         self._connected.clear()
 
