@@ -48,6 +48,7 @@ class ServerConfig:
     label: Optional[str] = field(default=None, metadata=doc("pin this version label, e.g. stable (not with version)"))
     signature: str = field(default="serving_default", metadata=doc("signature name sent with every request"))
     timeout_s: float = field(default=10.0, metadata=doc("per-request timeout (seconds)"))
+    refresh_s: float = field(default=30.0, metadata=doc("a label or latest pin re-reads its version this often (s)"))
     retry: RetryConfig = field(default_factory=RetryConfig, metadata=doc("retry policy for transient errors"))
     headers: Tuple[Tuple[str, str], ...] = field(default=(), metadata=doc("extra HTTP headers (mapping)"))
     token_file: Optional[str] = field(default=None, metadata=doc("file holding a bearer token for Authorization"))

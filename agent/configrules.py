@@ -203,9 +203,11 @@ def check_version_or_label(server: ServerConfig, walk: Walk) -> None:
 
 
 def check_server_timeout(server: ServerConfig, walk: Walk) -> None:
-    """server.timeout_s bounds every request."""
+    """server.timeout_s bounds every request; server.refresh_s paces version look-ups."""
     if server.timeout_s <= 0:
         walk.rule(("server", "timeout_s"), f"must be more than 0 seconds (got {server.timeout_s:g})")
+    if server.refresh_s <= 0:
+        walk.rule(("server", "refresh_s"), f"must be more than 0 seconds (got {server.refresh_s:g})")
 
 
 def check_server_headers(server: ServerConfig, walk: Walk) -> None:

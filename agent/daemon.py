@@ -80,6 +80,7 @@ class Agent:
         self.reporter = StateReporter(health, publisher, config.mqtt.state_interval_s)
         self.finished = False  # the finite source ended (as opposed to a stop signal)
         self.repeats = RepeatFilter()
+        self.next_refresh = time.monotonic() + config.server.refresh_s
 
     def run(self) -> int:
         self.reporter.publish()
@@ -95,10 +96,10 @@ class Agent:
                     self.config.server.model, self.model.describe())
         self.health.status = Status.RUNNING
         self.reporter.publish()
-        self.loop(self.source, self.model)
+        self.loop(self.source)
         return EXIT_OK
 
-    def loop(self, source: FrameSource, model: ServedModel) -> None:
+    def loop(self, source: FrameSource) -> None:
         """frame -> pixels -> request -> reply -> classification -> result -> MQTT, paced to camera.fps."""
         pacer = Pacer(self.config.camera.fps)
         retry_frame: Frame | None = None
@@ -108,6 +109,7 @@ class Agent:
             if frame is None:
                 self.finished = True
                 break
+            model = self.refresh_model()
             try:
                 result = self.classify_frame(frame, model)
             except TransientServerError as exc:
@@ -124,6 +126,25 @@ class Agent:
             self.health.record_result()
             self.reporter.maybe_publish()
             pacer.wait(self.stop)
+
+    def refresh_model(self) -> ServedModel:
+        """A label (or "latest") can be moved on the server: re-read now and then which version answers."""
+        assert self.model is not None
+        if self.config.server.version is not None or time.monotonic() < self.next_refresh:
+            return self.model
+        self.next_refresh = time.monotonic() + self.config.server.refresh_s
+        if not self.health.server_ok:
+            return self.model
+        try:
+            model = call_unless_stopped(lambda: fetch_served_model(self.serving, self.config.model), self.stop)
+        except (AgentError, Stopped) as exc:
+            logger.warning("model refresh failed, keeping version %s: %s", self.model.version, exc)
+            return self.model
+        if model.version != self.model.version:
+            logger.info("model version changed pin=%s from=%s to=%s", self.serving.endpoint.pin,
+                        self.model.version, model.version)
+        self.model, self.health.version = model, model.version
+        return model
 
     def next_frame(self, source: FrameSource) -> Frame | None:
         """The next frame; bad items are logged, counted and skipped."""

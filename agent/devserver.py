@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.devjson import encode, error_body
 from agent.devmodels import ModelRepository, VersionStatus, make_model_base
@@ -211,6 +211,7 @@ class DevServer:
         self.api = RestApi(self.repository)
         self._host, self._port = host, port
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # notified for every recorded request
         self._faults: list[list[Any]] = []  # [Fault, remaining count]
         self._requests: list[RecordedRequest] = []
         self._last_body = b""
@@ -276,9 +277,10 @@ class DevServer:
         with self._lock:
             return list(self._requests)
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        return self.recorded()
+    def wait_for_request(self, predicate: Callable[[RecordedRequest], bool], timeout: float = 10.0) -> bool:
+        """Block until a recorded request (arrived, maybe not yet answered) satisfies ``predicate``."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: any(predicate(r) for r in self._requests), timeout)
 
     def last_body(self) -> bytes:
         """The body of the latest request (gzip-decoded), b"" before any; older bodies are not kept."""
@@ -340,6 +342,7 @@ class DevServer:
         body = _gunzip(raw) if "gzip" in headers.get("Content-Encoding", "") else raw
         with self._lock:
             self._requests.append(record)
+            self._arrived.notify_all()
             self._last_body = body
         fault = self._take_fault(path)
         if fault is not None and fault.delay_s:

@@ -163,10 +163,7 @@ def test_sigterm_while_a_predict_hangs_still_exits_within_5_s(
                           server={"timeout_s": 30})
     devserver.inject(Fault(delay_s=20, count=1))
     agent = start_agent(agent_processes, config)
-    assert collector.wait_for(lambda: any(m.payload == b"online" for m in collector.on("availability")))
-    deadline = time.monotonic() + 10
-    while not predict_paths(devserver) and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling the stand-in's request log; there is no event to await across processes
+    assert devserver.wait_for_request(lambda r: r.path.endswith(":predict")), "the predict never arrived"
 
     started = time.monotonic()
     code = agent.terminate(signal.SIGTERM)
@@ -229,3 +226,20 @@ def test_single_image_source(tmp_path, devserver, broker, collector):
 
     results = assert_clean_finite_run(proc, collector, expected_results=1)
     assert results[0]["source"] == "dog.jpg"
+
+
+def test_moving_a_label_on_the_server_changes_the_version_results_report(
+        tmp_path, photos, devserver, broker, collector, agent_processes):
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"loop": True, "fps": 20}, server={"version": None, "label": "stable",
+                                                                    "refresh_s": 0.2})
+    agent = start_agent(agent_processes, config)
+    assert collector.wait_for(lambda: any(r["version"] == "1" for r in collector.results()))
+
+    devserver.set_label(MODEL, "stable", 2)
+
+    assert collector.wait_for(lambda: any(r["version"] == "2" for r in collector.results()))
+    assert agent.terminate() == 0
+    versions = [r["version"] for r in collector.results()]
+    assert versions == sorted(versions), "once moved, results never report the old version again"
+    assert "model version changed pin=label stable from=1 to=2" in agent.stderr
