@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Publisher:
         self._retained_state: bytes | None = None
         self.refused: str | None = None  # the broker's reason when it refused our CONNECT
         self._stopping = False
+        self._reported_down = False  # one "cannot connect" line per outage, not one per attempt
         self.on_connect_hooks: list[Callable[[], None]] = []
         self.client = self._build_client(client_id)
 
@@ -78,12 +80,13 @@ class Publisher:
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked."""
-        delivered = True
         self._stopping = True
         if self.connected:
             self._publish(self.topics.availability, b"offline", retain=True)
-            delivered = self.wait_delivered(timeout)
-        self.client.disconnect()
+            self.wait_delivered(timeout)
+        delivered = self.pending() == 0
+        if self.connected:
+            self.client.disconnect()
         self.client.loop_stop()
         return delivered
 
@@ -139,6 +142,8 @@ class Publisher:
         client.will_set(self.topics.availability, b"offline", qos=max(1, self.cfg.qos), retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._configure_auth(client)
+        client.enable_logger(_PAHO_LOGGER)  # its warnings/errors carry the reason (TLS, socket), deduplicated
+        client.on_connect_fail = _guarded(self._on_connect_fail)
         client.on_connect = _guarded(self._on_connect)
         client.on_disconnect = _guarded(self._on_disconnect)
         client.on_publish = _guarded(self._on_publish)
@@ -169,6 +174,7 @@ class Publisher:
             logger.error("mqtt connect refused host=%s port=%s reason=%s", self.cfg.host, self.cfg.port, reason)
             return
         logger.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
+        self._reported_down = False
         self._connected.set()
         self._publish(self.topics.availability, b"online", retain=True)
         if self._retained_state is not None:
@@ -179,7 +185,17 @@ class Publisher:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self._connected.is_set() and not self._stopping:
             logger.warning("mqtt disconnected host=%s reason=%s", self.cfg.host, reason)
+            self._reported_down = True
         self._connected.clear()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` block, so the reason is the exception being handled.
+        error = sys.exc_info()[1]
+        self.refused = str(error) if error else "connection failed"
+        if not self._reported_down and not self._stopping:
+            self._reported_down = True
+            logger.warning("mqtt cannot connect host=%s port=%s error=%s; retrying with back-off up to 30 s",
+                           self.cfg.host, self.cfg.port, self.refused)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._lock:
@@ -187,6 +203,31 @@ class Publisher:
                 self._pending.discard(mid)
             else:
                 self._acked_early.add(mid)
+
+
+class _OncePerWindow(logging.Filter):
+    """Lets each distinct message through once per ``window_s``: reconnect loops repeat the same error."""
+
+    def __init__(self, window_s: float = 300.0):
+        super().__init__()
+        self.window_s = window_s
+        self.last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message, now = record.getMessage(), time.monotonic()
+        if message.startswith("Client is not connected"):
+            return False  # paho 2.2 says this while it waits to reconnect; our own line already told the story
+        if now - self.last.get(message, -self.window_s) < self.window_s:
+            return False
+        if len(self.last) > 100:
+            self.last.clear()
+        self.last[message] = now
+        return True
+
+
+_PAHO_LOGGER = logging.getLogger("agent.mqtt.paho")
+_PAHO_LOGGER.setLevel(logging.WARNING)
+_PAHO_LOGGER.addFilter(_OncePerWindow())
 
 
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
