@@ -66,7 +66,7 @@ class Checker:
         mqtt = self.config.mqtt
         topics = Topics.for_device(mqtt.topic_prefix, self.config.device.id)
         # A distinct client id: reusing the daemon's would disconnect a running agent.
-        publisher = Publisher(mqtt, topics, f"{self.config.client_id}-check")
+        publisher = Publisher(mqtt, topics, f"{self.config.client_id}-check", announce=False)
         try:
             publisher.client.connect(mqtt.host, mqtt.port, keepalive=mqtt.keepalive)  # refusals raise at once
             publisher.client.loop_start()

@@ -86,7 +86,10 @@ def _values(value: Any) -> list[float]:
             flat.append(item)
     if not flat or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         raise BadReplyError(f"output is not a list of numbers: {_short(value)}")
-    return [float(v) for v in flat]
+    try:
+        return [float(v) for v in flat]
+    except OverflowError as exc:  # a JSON integer too large for a float
+        raise BadReplyError(f"output value out of range: {_short(value)}") from exc
 
 
 def _short(value: Any) -> str:

@@ -15,7 +15,7 @@ from agent.errors import AgentError, ConfigError
 
 logger = logging.getLogger("agent")
 
-EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 69, 78
+EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 69, 78, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_OK
+    except KeyboardInterrupt:  # `run` stops on SIGINT by itself (exit 0); anything else was cut short
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the one-line reason the contract promises for exit 1
         logging.getLogger("agent").critical("unexpected failure: %s: %s", type(exc).__name__, exc, exc_info=True)
         return EXIT_FAILURE

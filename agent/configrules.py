@@ -62,6 +62,8 @@ class Walk:
         return None
 
 
+_DAY_S = 86400.0  # upper bound for periods: larger values overflow timestamps and mean a typo
+
 def dotted(path: KeyPath) -> str:
     """`mqtt.tls.keyfile`, `model.labels[1]`; the empty path is the whole file."""
     if not path:
@@ -134,8 +136,8 @@ def check_device_id(device: DeviceConfig, walk: Walk) -> None:
 
 def check_camera_fps(camera: CameraConfig, walk: Walk) -> None:
     """camera.fps is a pace; 0 means as fast as the server answers."""
-    if camera.fps < 0:
-        walk.rule(("camera", "fps"), f"must be 0 (unpaced) or more (got {camera.fps:g})")
+    if camera.fps != 0 and not 0.001 <= camera.fps <= 1000:
+        walk.rule(("camera", "fps"), f"must be 0 (unpaced) or 0.001 to 1000 (got {camera.fps:g})")
 
 
 def check_capture_size(camera: CameraConfig, walk: Walk) -> None:
@@ -204,10 +206,10 @@ def check_version_or_label(server: ServerConfig, walk: Walk) -> None:
 
 def check_server_timeout(server: ServerConfig, walk: Walk) -> None:
     """server.timeout_s bounds every request; server.refresh_s paces version look-ups."""
-    if server.timeout_s <= 0:
-        walk.rule(("server", "timeout_s"), f"must be more than 0 seconds (got {server.timeout_s:g})")
-    if server.refresh_s <= 0:
-        walk.rule(("server", "refresh_s"), f"must be more than 0 seconds (got {server.refresh_s:g})")
+    for key in ("timeout_s", "refresh_s"):
+        value = getattr(server, key)
+        if not 0 < value <= _DAY_S:
+            walk.rule(("server", key), f"must be more than 0 and at most 86400 seconds (got {value:g})")
 
 
 def check_server_headers(server: ServerConfig, walk: Walk) -> None:
@@ -227,13 +229,16 @@ def check_retry_attempts(retry: RetryConfig, walk: Walk) -> None:
 
 def check_retry_initial(retry: RetryConfig, walk: Walk) -> None:
     """server.retry.initial_s is a real wait."""
-    if retry.initial_s <= 0:
-        walk.rule(("server", "retry", "initial_s"), f"must be more than 0 seconds (got {retry.initial_s:g})")
+    if not 0 < retry.initial_s <= _DAY_S:
+        walk.rule(("server", "retry", "initial_s"),
+                  f"must be more than 0 and at most 86400 seconds (got {retry.initial_s:g})")
 
 
 def check_retry_max(retry: RetryConfig, walk: Walk) -> None:
     """server.retry.max_s caps a back-off that starts at initial_s."""
-    if 0 < retry.initial_s and retry.max_s < retry.initial_s:
+    if retry.max_s > _DAY_S:
+        walk.rule(("server", "retry", "max_s"), f"must be at most 86400 seconds (got {retry.max_s:g})")
+    elif 0 < retry.initial_s and retry.max_s < retry.initial_s:
         walk.rule(("server", "retry", "max_s"),
                   f"must be at least initial_s, which is {retry.initial_s:g} (got {retry.max_s:g})",
                   involves=(("server", "retry", "initial_s"),))
@@ -289,8 +294,8 @@ def check_mqtt_qos(mqtt: MqttConfig, walk: Walk) -> None:
 
 def check_mqtt_keepalive(mqtt: MqttConfig, walk: Walk) -> None:
     """mqtt.keepalive is long enough not to flood a slow link with pings."""
-    if mqtt.keepalive < 5:
-        walk.rule(("mqtt", "keepalive"), f"must be 5 seconds or more (got {mqtt.keepalive})")
+    if not 5 <= mqtt.keepalive <= 65535:  # a 16-bit field in the CONNECT packet
+        walk.rule(("mqtt", "keepalive"), f"must be 5 to 65535 seconds (got {mqtt.keepalive})")
 
 
 def check_topic_prefix(mqtt: MqttConfig, walk: Walk) -> None:
@@ -312,8 +317,9 @@ def _topic_prefix_problem(prefix: str) -> str | None:
 
 def check_state_interval(mqtt: MqttConfig, walk: Walk) -> None:
     """mqtt.state_interval_s is a real period."""
-    if mqtt.state_interval_s <= 0:
-        walk.rule(("mqtt", "state_interval_s"), f"must be more than 0 seconds (got {mqtt.state_interval_s:g})")
+    if not 0 < mqtt.state_interval_s <= _DAY_S:
+        walk.rule(("mqtt", "state_interval_s"),
+                  f"must be more than 0 and at most 86400 seconds (got {mqtt.state_interval_s:g})")
 
 
 def check_password_needs_username(mqtt: MqttConfig, walk: Walk) -> None:

@@ -10,8 +10,6 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, TypeVar
 
 from agent.classify import classify, first_output
 from agent.config import Config
@@ -20,7 +18,6 @@ from agent.errors import (
     AgentError,
     BadReplyError,
     FrameDecodeError,
-    ModelNotAvailable,
     PublishError,
     ServerError,
     SourceError,
@@ -28,24 +25,21 @@ from agent.errors import (
     TransientServerError,
 )
 from agent.frames import Frame
-from agent.health import Health, Status
+from agent.health import FAILED_FRAMES_DEGRADED, Health, Status
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
+from agent.pacing import Pacer, Stopped, call_unless_stopped
 from agent.preprocess import fit
 from agent.result import Result
 from agent.serving import Endpoint, RetryPolicy, ServingClient
 from agent.sources import open_source
 from agent.sources.base import FrameSource
+from agent.supervision import Outage, RepeatFilter, StateReporter
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 69, 78
 SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit well inside systemd's and the contract's 5 s
-T = TypeVar("T")
-
-
-class Stopped(Exception):
-    """The stop event was set while waiting."""
 
 
 def run(config: Config, stop: threading.Event | None = None) -> int:
@@ -81,6 +75,7 @@ class Agent:
         self.finished = False  # the finite source ended (as opposed to a stop signal)
         self.repeats = RepeatFilter()
         self.next_refresh = time.monotonic() + config.server.refresh_s
+        self.camera_failures = 0
 
     def run(self) -> int:
         self.reporter.publish()
@@ -90,7 +85,7 @@ class Agent:
                 return EXIT_OK  # stopped while waiting for the server
             self.source = open_source(self.config.camera)
             self.source.open()
-        except (ModelNotAvailable, SourceUnavailable) as exc:
+        except (ServerError, SourceUnavailable) as exc:  # transient server errors are waited out above
             return self.fail_start(exc)
         logger.info("running device=%s source=%s model=%s %s", self.config.device.id, self.source.description,
                     self.config.server.model, self.model.describe())
@@ -104,28 +99,49 @@ class Agent:
         pacer = Pacer(self.config.camera.fps)
         retry_frame: Frame | None = None
         while not self.stop.is_set():
-            frame = retry_frame or self.next_frame(source)
-            retry_frame = None
+            try:
+                frame = retry_frame or self.next_frame(source)
+            except SourceError as exc:
+                self.source_failed(source, exc)
+                pacer.wait(self.stop)  # every iteration is paced, failed ones too: no busy loop on bad input
+                continue
             if frame is None:
                 self.finished = True
                 break
-            model = self.refresh_model()
-            try:
-                result = self.classify_frame(frame, model)
-            except TransientServerError as exc:
-                self.outage.down(exc)
-                self.reporter.maybe_publish()
-                self.stop.wait(self.outage.pause_s())
-                retry_frame = None if source.live else frame  # a file's frame is worth the wait
-                continue
-            except (ServerError, Stopped) as exc:
-                self.skip_frame(frame, exc)
-                continue
-            self.outage.up()
-            self.publisher.publish_result(result.payload())
-            self.health.record_result()
-            self.reporter.maybe_publish()
+            retry_frame = self.process(frame, source.live)
             pacer.wait(self.stop)
+
+    def process(self, frame: Frame, live: bool) -> Frame | None:
+        """Classify and publish one frame; returns the frame when it should be tried again."""
+        try:
+            result = self.classify_frame(frame, self.refresh_model())
+        except TransientServerError as exc:
+            self.outage.down(exc)
+            self.reporter.maybe_publish()
+            self.stop.wait(self.outage.pause_s())
+            return None if live else frame  # a file's frame is worth the wait; a camera has newer ones
+        except (ServerError, Stopped) as exc:
+            self.skip_frame(frame, exc)
+            return None
+        self.outage.up()
+        self.publisher.publish_result(result.payload())
+        self.health.record_result()
+        self.reporter.maybe_publish()
+        return None
+
+    def source_failed(self, source: FrameSource, exc: SourceError) -> None:
+        """A bad item is skipped; a failing live or looping source is waited for; a finite one ends the run."""
+        if isinstance(exc, FrameDecodeError):
+            self.health.record_failed_frame()
+            self.record_error(exc, logging.WARNING)
+            self.pause_after_failures()
+            return
+        self.health.camera_ok = False
+        self.record_error(exc, logging.ERROR)
+        if not (source.live or self.config.camera.loop):
+            raise exc
+        self.camera_failures += 1
+        self.stop.wait(min(30.0, 0.5 * 2 ** min(self.camera_failures - 1, 8)))
 
     def refresh_model(self) -> ServedModel:
         """A label (or "latest") can be moved on the server: re-read now and then which version answers."""
@@ -147,21 +163,14 @@ class Agent:
         return model
 
     def next_frame(self, source: FrameSource) -> Frame | None:
-        """The next frame; bad items are logged, counted and skipped."""
-        while not self.stop.is_set():
-            try:
-                frame = source.read()
-            except FrameDecodeError as exc:
-                self.record_error(exc, logging.WARNING)
-                continue
-            except SourceError as exc:
-                self.health.camera_ok = False
-                self.record_error(exc, logging.ERROR)
-                raise
-            if frame is not None:
-                self.health.frames += 1
-            return frame
-        return None
+        """The next frame, or None at the end of a finite source; raises SourceError (decode errors too)."""
+        frame = source.read()
+        if frame is not None:
+            self.health.frames += 1
+            if not self.health.camera_ok:
+                logger.info("source back source=%s", source.description)
+            self.health.camera_ok, self.camera_failures = True, 0
+        return frame
 
     def classify_frame(self, frame: Frame, model: ServedModel) -> Result:
         pixels = fit(frame.rgb, model.input_spec)
@@ -175,18 +184,29 @@ class Agent:
         return Result(self.config.device.id, self.config.server.model, model.version, frame.seq,
                       frame.captured_at, classification, latency_ms, frame.origin)
 
-    def skip_frame(self, frame: Frame, exc: Exception) -> None:
+    def skip_frame(self, frame: Frame, exc: ServerError | Stopped) -> None:
         if isinstance(exc, Stopped):
             return
+        self.health.record_failed_frame()
         if isinstance(exc, BadReplyError):
             self.outage.up()  # the server answered, badly: it is up
         self.record_error(exc, logging.ERROR, f"frame={frame.seq} origin={frame.origin}")
+        self.pause_after_failures()
+
+    def pause_after_failures(self) -> None:
+        """Frames that keep failing (a removed version, a folder of broken files) slow the loop down to
+        one try every 5 s at most, whatever camera.fps says: failing fast helps nobody."""
+        extra = self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED
+        if extra >= 0:
+            self.stop.wait(min(5.0, 0.05 * 2 ** min(extra, 7)))
 
     def wait_for_model(self) -> ServedModel | None:
         """Resolve the pinned model, waiting out transient failures (server still booting, unreachable)."""
         while not self.stop.is_set():
             try:
-                model = fetch_served_model(self.serving, self.config.model)
+                model = call_unless_stopped(lambda: fetch_served_model(self.serving, self.config.model), self.stop)
+            except Stopped:
+                return None
             except TransientServerError as exc:
                 self.outage.down(exc)
                 self.reporter.publish()
@@ -231,113 +251,6 @@ class Agent:
             if self.stop.is_set():
                 return
             logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
-
-
-@dataclass
-class Outage:
-    """Server up/down bookkeeping: one log line when it goes down, one when it is back, capped pauses."""
-
-    health: Health
-    initial_s: float
-    max_s: float = 30.0
-    since: float | None = None
-    failures: int = 0
-
-    def down(self, exc: ServerError) -> None:
-        self.failures += 1
-        self.health.record_error(exc.kind, str(exc))
-        if self.since is None:
-            self.since = time.monotonic()
-            self.health.server_ok = False
-            self.health.refresh_status()
-            logger.error("server unavailable, will keep retrying: %s", exc)
-
-    def up(self) -> None:
-        if self.since is not None:
-            logger.info("server back after %.1f s failures=%d", time.monotonic() - self.since, self.failures)
-        self.since, self.failures = None, 0
-        self.health.server_ok = True
-        self.health.refresh_status()
-
-    def pause_s(self) -> float:
-        return min(self.max_s, self.initial_s * 2 ** min(self.failures - 1, 16))
-
-
-class RepeatFilter:
-    """Lets an error message through once per ``window_s``; repeats are only counted (in ``state``)."""
-
-    def __init__(self, window_s: float = 300.0):
-        self.window_s = window_s
-        self.last_seen: dict[str, float] = {}
-
-    def first(self, message: str) -> bool:
-        now = time.monotonic()
-        seen = self.last_seen.get(message)
-        if seen is not None and now - seen < self.window_s:
-            return False
-        if len(self.last_seen) > 100:  # bounded: distinct messages (file names) must not grow memory
-            self.last_seen.clear()
-        self.last_seen[message] = now
-        return True
-
-
-class StateReporter:
-    """Publishes the retained ``state`` on change and at least every ``interval_s``."""
-
-    def __init__(self, health: Health, publisher: Publisher, interval_s: float):
-        self.health, self.publisher, self.interval_s = health, publisher, interval_s
-        self.last_sent = 0.0
-        self.last_key: tuple = ()
-
-    def publish(self) -> None:
-        self.health.refresh_status()
-        self.publisher.publish_state(self.health.snapshot(queued=self.publisher.pending()))
-        self.last_sent = time.monotonic()
-        self.last_key = self._key()
-
-    def maybe_publish(self) -> None:
-        if self._key() != self.last_key or time.monotonic() - self.last_sent >= self.interval_s:
-            self.publish()
-
-    def _key(self) -> tuple:
-        h = self.health
-        return (h.status, h.server_ok, h.camera_ok, h.version, sum(h.errors.values()))
-
-
-class Pacer:
-    """Holds the loop to at most ``fps`` iterations per second without bursting to catch up."""
-
-    def __init__(self, fps: float):
-        self.interval = 1.0 / fps if fps > 0 else 0.0
-        self.next_due = time.monotonic()
-
-    def wait(self, stop: threading.Event) -> None:
-        if not self.interval:
-            return
-        self.next_due = max(self.next_due + self.interval, time.monotonic())
-        stop.wait(max(0.0, self.next_due - time.monotonic()))
-
-
-def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:
-    """Run ``call`` in a helper thread; raise Stopped as soon as ``stop`` is set (the call is abandoned)."""
-    outcome: dict = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="predict", daemon=True).start()
-    while not done.wait(0.05):
-        if stop.is_set():
-            raise Stopped()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:

@@ -97,8 +97,8 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.workdir / "mosquitto.log").read_text(errors="replace")
-                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {log.strip()}")
+                said = (self.workdir / "mosquitto.log").read_text(errors="replace").strip()
+                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {said}")
             try:
                 for port in self.ports:
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

@@ -30,7 +30,7 @@ _SIZE = 150
 _FILTERS = ((3, 16), (16, 32), (32, 64))
 _FLAT = 17 * 17 * 64  # 150 -> conv 148 -> pool 74 -> 72 -> 36 -> 34 -> 17
 _HIDDEN = 512
-_CHUNK = 1  # one image per pass: results do not depend on the batch size, buffers stay small
+_CHUNK = 1  # one image per pass (the head too): results do not depend on the batch size, buffers stay small
 _BUILTIN_KEYS = {"model", "seed", "head", "extra_outputs"}
 
 
@@ -188,7 +188,7 @@ class TutorialCNN:
         images = feeds[INPUT_NAME]
         _check_tutorial_input(images.shape)
         with np.errstate(over="ignore", invalid="ignore"):  # extreme inputs give inf/NaN as in TF, no warning
-            logits = _hidden(self._weights, images.astype(np.float32, copy=False)) @ self._weights.head
+            logits = (_hidden(self._weights, images.astype(np.float32, copy=False))[:, None] @ self._weights.head)[:, 0]
             exps = np.exp(logits - logits.max(axis=1, keepdims=True))
             scores = exps / exps.sum(axis=1, keepdims=True) if self._softmax else 1.0 / (1.0 + np.exp(-logits))
         result = {OUTPUT_NAME: scores.astype(np.float32)}

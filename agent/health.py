@@ -9,11 +9,14 @@ from dataclasses import dataclass, field
 
 from agent import __version__
 
+# This many frames in a row without a result (bad files, 4xx, bad replies) make the status "degraded".
+FAILED_FRAMES_DEGRADED = 3
+
 
 class Status(str, enum.Enum):
     STARTING = "starting"  # resolving the model, opening the source
     RUNNING = "running"  # frames flow and results are published
-    DEGRADED = "degraded"  # running, but the server or camera is failing
+    DEGRADED = "degraded"  # running, but the server or camera is failing, or frames keep failing
     STOPPING = "stopping"  # signal received or finite source done; flushing
     STOPPED = "stopped"  # clean exit
 
@@ -32,16 +35,21 @@ class Health:
     last_error: str | None = None
     frames: int = 0
     results: int = 0
+    failed_in_a_row: int = 0  # frames that gave no result (bad file, 4xx, bad reply) since the last result
     errors: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     _rate_window: list = field(default_factory=list)
 
     def record_result(self) -> None:
         self.results += 1
+        self.failed_in_a_row = 0
         now = time.monotonic()
         self._rate_window.append(now)
         while self._rate_window and now - self._rate_window[0] > 10.0:
             self._rate_window.pop(0)
+
+    def record_failed_frame(self) -> None:
+        self.failed_in_a_row += 1
 
     def record_error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1
@@ -59,9 +67,10 @@ class Health:
     def refresh_status(self) -> None:
         if self.status in (Status.STARTING, Status.STOPPING, Status.STOPPED):
             return
-        self.status = Status.RUNNING if self.server_ok and self.camera_ok else Status.DEGRADED
+        healthy = self.server_ok and self.camera_ok and self.failed_in_a_row < FAILED_FRAMES_DEGRADED
+        self.status = Status.RUNNING if healthy else Status.DEGRADED
 
-    def snapshot(self, queued: int) -> dict:
+    def snapshot(self, queued: int, dropped: int = 0) -> dict:
         return {
             "device": self.device,
             "status": self.status.value,
@@ -75,6 +84,7 @@ class Health:
             "server_ok": self.server_ok,
             "camera_ok": self.camera_ok,
             "queued": queued,
+            "dropped": dropped,
             "last_error": self.last_error,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "agent_version": __version__,

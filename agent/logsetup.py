@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 # syslog priorities understood by journald's stream reader (SyslogLevelPrefix=yes is the default).
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -16,13 +17,13 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{super().format(record)}"
 
 
-def under_journal(stream: object = None) -> bool:
+def under_journal(stream: TextIO | None = None) -> bool:
     """True when our stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode)."""
     stream = stream or sys.stderr
     value = os.environ.get("JOURNAL_STREAM", "")
     try:
         device, inode = (int(part) for part in value.split(":"))
-        stat = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+        stat = os.fstat(stream.fileno())
     except (ValueError, OSError, AttributeError):
         return False
     return (stat.st_dev, stat.st_ino) == (device, inode)

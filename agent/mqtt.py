@@ -25,6 +25,9 @@ from agent.errors import PublishError
 
 logger = logging.getLogger(__name__)
 
+# Results held in paho's memory while the broker is away (the durable outbox comes in a later release).
+MAX_QUEUED = 10_000
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -49,10 +52,12 @@ def encode_payload(payload: dict) -> bytes:
 class Publisher:
     """A connected-when-possible MQTT client that knows which messages the broker has acknowledged."""
 
-    def __init__(self, cfg: MqttConfig, topics: Topics, client_id: str):
+    def __init__(self, cfg: MqttConfig, topics: Topics, client_id: str, *, announce: bool = True):
         self.cfg = cfg
         self.topics = topics
-        self._lock = threading.Lock()
+        self.announce = announce  # False for `check`: no Last Will, no "online" (the device's agent owns those)
+        self.dropped = 0  # results paho refused because its queue was full (broker away too long)
+        self._lock = threading.Condition()  # guards the mid sets; notified on every acknowledgement
         self._pending: set[int] = set()  # mids published but not yet acknowledged
         self._acked_early: set[int] = set()  # mids acknowledged before publish() returned them
         self._connected = threading.Event()
@@ -80,14 +85,18 @@ class Publisher:
 
     def stop(self, timeout: float = 3.0) -> bool:
         """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked."""
+        deadline = time.monotonic() + timeout
         self._stopping = True
-        if self.connected:
+        if self.connected and self.announce:
             self._publish(self.topics.availability, b"offline", retain=True)
             self.wait_delivered(timeout)
         delivered = self.pending() == 0
-        if self.connected:
-            self.client.disconnect()
-        self.client.loop_stop()
+        # Always disconnect: paho's loop only ends on a disconnect once messages are queued, even on a
+        # connection that never got its CONNACK. The join is bounded so a stuck network thread cannot hold us.
+        self.client.disconnect()
+        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(max(1.2, deadline - time.monotonic()))  # paho notices a stop within 1 s when idle
         return delivered
 
     # -- publishing -----------------------------------------------------------------------------
@@ -111,22 +120,25 @@ class Publisher:
     def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None) -> bool:
         """Block until every published message is acknowledged, ``timeout`` passes or ``stop`` is set."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending():
-            if stop is not None and stop.is_set():
-                return False
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        with self._lock:
+            while self._pending:
+                if stop is not None and stop.is_set():
+                    return False
+                left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                self._lock.wait(left)  # woken by every acknowledgement; the cap re-checks ``stop``
+            return True
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            # NO_CONN with QoS >= 1 means "queued, sent after reconnect"; anything else is a real refusal.
-            logger.warning("mqtt publish refused topic=%s rc=%s", topic, paho.error_string(info.rc))
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            _QUEUE_LOGGER.warning("mqtt queue full, dropping messages (broker away too long) limit=%d", MAX_QUEUED)
             return
-        if self.cfg.qos == 0 and info.rc == paho.MQTT_ERR_NO_CONN:
+        if self.cfg.qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
             return  # paho drops QoS 0 while offline; nothing will ever acknowledge it
+        # QoS >= 1: paho keeps the message (rc NO_CONN/CONN_LOST included) and sends it after reconnecting.
         with self._lock:
             if info.mid in self._acked_early:
                 self._acked_early.discard(info.mid)
@@ -139,7 +151,9 @@ class Publisher:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
                              clean_session=True)
         client.suppress_exceptions = True  # a bug in a callback must never end the network thread
-        client.will_set(self.topics.availability, b"offline", qos=max(1, self.cfg.qos), retain=True)
+        if self.announce:
+            client.will_set(self.topics.availability, b"offline", qos=max(1, self.cfg.qos), retain=True)
+        client.max_queued_messages_set(MAX_QUEUED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._configure_auth(client)
         client.enable_logger(_PAHO_LOGGER)  # its warnings/errors carry the reason (TLS, socket), deduplicated
@@ -176,7 +190,8 @@ class Publisher:
         logger.info("mqtt connected host=%s port=%s", self.cfg.host, self.cfg.port)
         self._reported_down = False
         self._connected.set()
-        self._publish(self.topics.availability, b"online", retain=True)
+        if self.announce and not self._stopping:  # a reconnect while stopping must not undo "offline"
+            self._publish(self.topics.availability, b"online", retain=True)
         if self._retained_state is not None:
             self._publish(self.topics.state, self._retained_state, retain=True)
         for hook in self.on_connect_hooks:
@@ -201,6 +216,7 @@ class Publisher:
         with self._lock:
             if mid in self._pending:
                 self._pending.discard(mid)
+                self._lock.notify_all()
             else:
                 self._acked_early.add(mid)
 
@@ -228,6 +244,8 @@ class _OncePerWindow(logging.Filter):
 _PAHO_LOGGER = logging.getLogger("agent.mqtt.paho")
 _PAHO_LOGGER.setLevel(logging.WARNING)
 _PAHO_LOGGER.addFilter(_OncePerWindow())
+_QUEUE_LOGGER = logging.getLogger("agent.mqtt.queue")
+_QUEUE_LOGGER.addFilter(_OncePerWindow())
 
 
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:

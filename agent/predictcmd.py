@@ -10,8 +10,9 @@ from agent.classify import classify, first_output
 from agent.config import Config
 from agent.encode import PixelEncoder, predict_body
 from agent.errors import AgentError
-from agent.model import fetch_served_model
+from agent.model import ServedModel, fetch_served_model
 from agent.preprocess import fit
+from agent.serving import ServingClient
 from agent.sources.files import ImageSource
 
 
@@ -32,7 +33,8 @@ def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool
         serving.close()
 
 
-def _predict_one(path: Path, config: Config, serving, model, encoder: PixelEncoder) -> str:  # type: ignore[no-untyped-def]
+def _predict_one(path: Path, config: Config, serving: ServingClient, model: ServedModel,
+                 encoder: PixelEncoder) -> str:
     source = ImageSource(path, swap_rb=config.camera.swap_rb)
     source.open()
     frame = source.read()

@@ -192,11 +192,14 @@ class ServingClient:
             # together do not come back in lock-step.
             wait=tenacity.wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s,
                                                   min=self.retry.initial_s / 2),
-            sleep=self.stop.wait,
+            sleep=self._sleep,
             before_sleep=_log_retry(operation),
             reraise=True,
         )
         return retrying(call)
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a stop signal ends a back-off at once
 
     def _call(self, method: str, url: str, body: bytes | None = None) -> Any:
         """One HTTP exchange, mapped to a parsed JSON reply or an agent error."""
@@ -262,7 +265,7 @@ def _parse_json(response: requests.Response, url: str) -> Any:
     try:
         # TF Serving writes bare NaN/Infinity tokens: Python's json accepts them by default.
         return json.loads(response.content)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         excerpt = " ".join(response.text.split())[:80]
         raise BadReplyError(f"reply from {url} is not JSON ({exc}): {excerpt!r}", url=url) from exc
 
@@ -274,9 +277,10 @@ def parse_status(reply: Any, url: str) -> list[VersionStatus]:
         raise BadReplyError(f"status reply from {url} has no model_version_status list", url=url)
     states = []
     for entry in entries:
-        if not isinstance(entry, dict):
-            raise BadReplyError(f"status reply from {url}: entry is not an object: {entry!r}", url=url)
-        status = entry.get("status") or {}
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(status, (dict, type(None))):
+            raise BadReplyError(f"status reply from {url}: malformed entry {str(entry)[:80]!r}", url=url)
+        status = status or {}
         states.append(VersionStatus(str(entry.get("version", "")), str(entry.get("state", "UNKNOWN")),
                                     str(status.get("error_code", "OK")), str(status.get("error_message", ""))))
     return states
@@ -289,11 +293,16 @@ def parse_metadata(reply: Any, signature: str, url: str) -> ModelMetadata:
         signatures = reply["metadata"]["signature_def"]["signature_def"]
     except (KeyError, TypeError) as exc:
         raise BadReplyError(f"metadata reply from {url} lacks {exc}", url=url) from exc
+    if not isinstance(signatures, dict):
+        raise BadReplyError(f"metadata reply from {url}: signature_def is not an object", url=url)
     if signature not in signatures:
         names = ", ".join(sorted(k for k in signatures if not k.startswith("__"))) or "none"
         raise PermanentServerError(f"signature {signature!r} not found at {url} (signatures: {names})", url=url)
     sig = signatures[signature]
-    return ModelMetadata(version, _tensors(sig.get("inputs", {}), url), _tensors(sig.get("outputs", {}), url))
+    inputs, outputs = (sig.get(key, {}) if isinstance(sig, dict) else None for key in ("inputs", "outputs"))
+    if not isinstance(inputs, dict) or not isinstance(outputs, dict):
+        raise BadReplyError(f"metadata reply from {url}: signature {signature!r} is malformed", url=url)
+    return ModelMetadata(version, _tensors(inputs, url), _tensors(outputs, url))
 
 
 def _tensors(entries: Mapping[str, Any], url: str) -> dict[str, TensorInfo]:

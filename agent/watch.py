@@ -64,9 +64,10 @@ class Watcher:
             client.subscribe(self.topic, qos=1)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        payload = bytes(message.payload)
         if self.extra is not None:
-            self.extra(message.topic, message.payload)
-        line = format_message(message.topic, message.payload)
+            self.extra(message.topic, payload)
+        line = format_message(message.topic, payload)
         if line is not None and self.out is not None:
             self.out.write(line + "\n")
             self.out.flush()

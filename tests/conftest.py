@@ -20,6 +20,11 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+# Before numpy loads (agent.devserver imports it): Python 3.9's subprocess uses fork(), whose OpenBLAS
+# pre-fork handler joins the BLAS worker threads and can deadlock while a devserver thread runs the
+# built-in model (numpy/numpy#17752). One BLAS thread means no workers to join. 3.10+ uses vfork().
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from agent.devbroker import LocalBroker
 from agent.devserver import DevServer, make_model_base
 

@@ -52,3 +52,11 @@ def test_shell_scripts_pass_shellcheck():
         pytest.skip("shellcheck is not installed (CI installs it)")
     proc = subprocess.run(["shellcheck", "install.sh", ".ci/run"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_mypy_is_clean():
+    mypy = Path(sys.executable).parent / "mypy"
+    if not mypy.exists():
+        pytest.skip("mypy is not installed in this environment")
+    proc = subprocess.run([str(mypy), "agent"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -9,6 +9,7 @@ from conftest import MODEL, agent_config, predict_paths, run_agent, start_agent
 
 from agent.devbroker import free_port
 from agent.devserver import DevServer, Fault
+from agent.supervision import StateReporter
 
 
 def finished_cleanly(proc, collector) -> dict:
@@ -42,6 +43,8 @@ def test_503_twice_then_200_gives_every_result_and_logs_two_retries(tmp_path, ph
         pytest.param(b'{"predictions": [[NaN]]}', "is not a probability", id="nan"),
         pytest.param(b'{"predictions": [[0.9', "is not JSON", id="truncated-json"),
         pytest.param(b'{"predictions": [[0.2, 0.3, 0.5]]}', "model returned 3 values", id="wrong-shape"),
+        pytest.param(b'{"predictions": [[' + b"9" * 400 + b']]}', "out of range", id="huge-number"),
+        pytest.param(b'{"predictions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "is not JSON", id="deep-nesting"),
     ],
 )
 def test_a_malformed_reply_is_reported_and_the_agent_keeps_going(tmp_path, photos, devserver, broker, collector,
@@ -91,6 +94,38 @@ def test_a_version_removed_while_running_is_a_clear_error_without_a_retry_storm(
     errors = max(m.json()["errors"].get("server_permanent", 0) for m in collector.on("state"))
     assert len(failed) <= errors + 1, "one request per frame: a 404 is never retried"
     assert "Servable not found for request: Specific(cat_dog_classifier, 2)" in agent.stderr
+
+
+def test_a_malformed_status_reply_at_start_exits_69_with_the_reason(tmp_path, photos, devserver, broker):
+    devserver.inject(Fault(status=200, path_regex=r"/versions/2$",
+                           body=b'{"model_version_status": [{"version": "2", "state": "AVAILABLE", "status": "OK"}]}'))
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port)
+
+    proc = run_agent(config)
+
+    assert proc.returncode == 69, proc.stderr
+    assert "cannot start" in proc.stderr and "malformed entry" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_permanent_errors_are_paced_and_do_not_flood_the_state_topic(
+        tmp_path, photos, devserver, broker, collector, agent_processes):
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"loop": True, "fps": 5})
+    agent = start_agent(agent_processes, config)
+    assert collector.wait_for(lambda: len(collector.on("result")) >= 1)
+    states_before = len(collector.on("state"))
+
+    devserver.remove_version(MODEL, 2)
+    assert collector.wait_for(lambda: any(m.json()["errors"].get("server_permanent", 0) >= 6
+                                          for m in collector.on("state")), timeout=30)
+    assert collector.on("state")[-1].json()["status"] == "degraded"
+    assert agent.terminate() == 0
+
+    failures = [r.at for r in devserver.recorded() if r.path.endswith(":predict") and r.status == 404]
+    rate = (len(failures) - 1) / (failures[-1] - failures[0])
+    assert rate <= 5.5, f"{len(failures)} failing requests at {rate:.1f}/s: faster than camera.fps"
+    span = failures[-1] - failures[0]
+    assert len(collector.on("state")) - states_before <= span / StateReporter.MIN_GAP_S + 4
 
 
 def test_server_down_at_start_is_waited_for_and_then_every_photo_is_classified(

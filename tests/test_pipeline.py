@@ -184,9 +184,9 @@ def test_fps_paces_classification(tmp_path, photos, devserver, broker, collector
     from datetime import datetime
 
     times = [datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in stamps]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    # Pacing holds frames apart by at least the interval (never faster); slowness is not asserted.
-    assert min(gaps) >= 0.1 - 0.01, gaps
+    # Pacing spaces the loop's iterations, never faster than fps; a slow machine only makes gaps longer.
+    # captured_at is stamped after decoding, so one gap may be shorter by a decode-time difference.
+    assert times[-1] - times[0] >= 3 * 0.1 - 0.05, times
 
 
 def test_video_file_source_runs_end_to_end(tmp_path, devserver, broker, collector):

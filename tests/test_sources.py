@@ -388,3 +388,15 @@ def test_empty_video_ends_at_once_and_refuses_to_loop(tmp_path: Path) -> None:
     assert opened(CameraConfig(source=str(path))).read() is None
     with pytest.raises(SourceError, match="video has no frames"):
         opened(CameraConfig(source=str(path), loop=True)).read()
+
+
+def test_an_image_too_large_for_a_small_board_is_a_decode_error_read_from_its_header(tmp_path):
+    from PIL import Image
+
+    from agent.errors import FrameDecodeError
+    from agent.sources.files import MAX_PIXELS, decode_image
+
+    huge = tmp_path / "huge.png"
+    Image.new("L", (8000, MAX_PIXELS // 8000 + 1)).save(huge)  # small file, 40+ Mpx when decoded
+    with pytest.raises(FrameDecodeError, match="more than 40 megapixels"):
+        decode_image(huge)

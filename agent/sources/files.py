@@ -6,6 +6,7 @@ PIL is what the Keras cat/dog tutorial decodes with, so frames match what the mo
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -20,6 +21,8 @@ from agent.sources.color import to_rgb
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# 40 Mpx decodes to 120 MB of RGB: already a lot on a Pi Zero 2 W (512 MB), and no camera sends more.
+MAX_PIXELS = 40_000_000
 
 PathLike = Union[str, Path]
 
@@ -35,11 +38,25 @@ def decode_image(path: PathLike, swap_rb: bool = False) -> np.ndarray:
     Raises FrameDecodeError for a file PIL cannot read (corrupt, truncated, vanished).
     """
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(_as_rgb(ImageOps.exif_transpose(image)))
+        with warnings.catch_warnings():
+            # PIL warns (to stderr) past its own limit; ours is lower and is an error, not a warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_size(image, path)
+                pixels = np.asarray(_as_rgb(ImageOps.exif_transpose(image)))
+    except FrameDecodeError:
+        raise
     except Exception as exc:  # PIL raises many types for bad files; one bad file must not stop a folder
         raise FrameDecodeError(f"{path}: cannot decode image: {exc}") from exc
     return to_rgb(pixels, "RGB", swap_rb)
+
+
+def _check_size(image: Image.Image, path: PathLike) -> None:
+    """Refuse images whose decoded pixels would not fit a small board's memory (read from the header)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise FrameDecodeError(f"{path}: image is {width}x{height}, more than {MAX_PIXELS // 1_000_000} megapixels; "
+                               "resize it before classifying")
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:
