@@ -31,10 +31,11 @@ from agent.mqtt import Publisher, Topics
 from agent.pacing import Pacer, Stopped, call_unless_stopped
 from agent.preprocess import fit
 from agent.result import Result
+from agent.sdnotify import Notifier
 from agent.serving import Endpoint, RetryPolicy, ServingClient
 from agent.sources import open_source
 from agent.sources.base import FrameSource
-from agent.supervision import Outage, RepeatFilter, StateReporter
+from agent.supervision import Heartbeat, Outage, RepeatFilter, StateReporter
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     except (PublishError, OSError) as exc:
         logger.error("mqtt setup failed: %s", exc)
         return EXIT_CONFIG
-    agent = Agent(config, stop, health, serving, publisher)
+    agent = Agent(config, stop, health, serving, publisher, Heartbeat(Notifier(), health))
     try:
         return agent.run()
     finally:
@@ -64,8 +65,8 @@ class Agent:
     """One run of the pipeline; owns the stages it opens and closes them in ``shutdown``."""
 
     def __init__(self, config: Config, stop: threading.Event, health: Health, serving: ServingClient,
-                 publisher: Publisher):
-        self.config, self.stop, self.health = config, stop, health
+                 publisher: Publisher, heartbeat: Heartbeat):
+        self.config, self.stop, self.health, self.heartbeat = config, stop, health, heartbeat
         self.serving, self.publisher = serving, publisher
         self.source: FrameSource | None = None
         self.model: ServedModel | None = None
@@ -76,6 +77,7 @@ class Agent:
         self.repeats = RepeatFilter()
         self.next_refresh = time.monotonic() + config.server.refresh_s
         self.camera_failures = 0
+        serving.on_retry = heartbeat.progress  # a retry is a decision taken: the loop is alive
 
     def run(self) -> int:
         self.reporter.publish()
@@ -103,13 +105,13 @@ class Agent:
                 frame = retry_frame or self.next_frame(source)
             except SourceError as exc:
                 self.source_failed(source, exc)
-                pacer.wait(self.stop)  # every iteration is paced, failed ones too: no busy loop on bad input
+                self.wait(pacer.next_delay())  # every iteration is paced, failed ones too: no busy loop
                 continue
             if frame is None:
                 self.finished = True
                 break
             retry_frame = self.process(frame, source.live)
-            pacer.wait(self.stop)
+            self.wait(pacer.next_delay())
 
     def process(self, frame: Frame, live: bool) -> Frame | None:
         """Classify and publish one frame; returns the frame when it should be tried again."""
@@ -118,7 +120,7 @@ class Agent:
         except TransientServerError as exc:
             self.outage.down(exc)
             self.reporter.maybe_publish()
-            self.stop.wait(self.outage.pause_s())
+            self.wait(self.outage.pause_s())
             return None if live else frame  # a file's frame is worth the wait; a camera has newer ones
         except (ServerError, Stopped) as exc:
             self.skip_frame(frame, exc)
@@ -126,6 +128,7 @@ class Agent:
         self.outage.up()
         self.publisher.publish_result(result.payload())
         self.health.record_result()
+        self.heartbeat.ready()
         self.reporter.maybe_publish()
         return None
 
@@ -141,7 +144,7 @@ class Agent:
         if not (source.live or self.config.camera.loop):
             raise exc
         self.camera_failures += 1
-        self.stop.wait(min(30.0, 0.5 * 2 ** min(self.camera_failures - 1, 8)))
+        self.wait(min(30.0, 0.5 * 2 ** min(self.camera_failures - 1, 8)))
 
     def refresh_model(self) -> ServedModel:
         """A label (or "latest") can be moved on the server: re-read now and then which version answers."""
@@ -198,7 +201,16 @@ class Agent:
         one try every 5 s at most, whatever camera.fps says: failing fast helps nobody."""
         extra = self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED
         if extra >= 0:
-            self.stop.wait(min(5.0, 0.05 * 2 ** min(extra, 7)))
+            self.wait(min(5.0, 0.05 * 2 ** min(extra, 7)))
+
+    def wait(self, seconds: float) -> None:
+        """A deliberate pause: ends at once on stop, and keeps systemd's watchdog fed while it lasts."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.heartbeat.progress()
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stop.wait(min(left, self.heartbeat.slice_s())):
+                return
 
     def wait_for_model(self) -> ServedModel | None:
         """Resolve the pinned model, waiting out transient failures (server still booting, unreachable)."""
@@ -210,7 +222,7 @@ class Agent:
             except TransientServerError as exc:
                 self.outage.down(exc)
                 self.reporter.publish()
-                self.stop.wait(self.outage.pause_s())
+                self.wait(self.outage.pause_s())
                 continue
             self.outage.up()
             self.health.version = model.version
@@ -233,6 +245,7 @@ class Agent:
         """Deliver what can be delivered, publish the final state and ``offline``, close everything."""
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         self.health.status = Status.STOPPING
+        self.heartbeat.stopping()
         if self.finished:
             self.wait_for_acks()  # a finite run ends only when every result is acknowledged
         self.health.status = Status.STOPPED

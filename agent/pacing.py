@@ -20,11 +20,12 @@ class Pacer:
         self.interval = 1.0 / fps if fps > 0 else 0.0
         self.next_due = time.monotonic()
 
-    def wait(self, stop: threading.Event) -> None:
+    def next_delay(self) -> float:
+        """Seconds to wait before the next iteration (0 when unpaced or already late)."""
         if not self.interval:
-            return
+            return 0.0
         self.next_due = max(self.next_due + self.interval, time.monotonic())
-        stop.wait(max(0.0, self.next_due - time.monotonic()))
+        return max(0.0, self.next_due - time.monotonic())
 
 
 def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:

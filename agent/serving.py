@@ -121,6 +121,7 @@ class ServingClient:
         self.timeout = (min(timeout_s, 5.0), timeout_s)  # (connect, read): fail fast on a dead host
         self.retry = retry
         self.stop = stop or threading.Event()
+        self.on_retry: Callable[[], None] | None = None  # called before each back-off (systemd watchdog)
         self.session = session or requests.Session()
         self.session.headers.update({"Content-Type": "application/json", **(headers or {})})
         if ca_certs:
@@ -193,10 +194,20 @@ class ServingClient:
             wait=tenacity.wait_random_exponential(multiplier=self.retry.initial_s, max=self.retry.max_s,
                                                   min=self.retry.initial_s / 2),
             sleep=self._sleep,
-            before_sleep=_log_retry(operation),
+            before_sleep=self._before_retry(operation),
             reraise=True,
         )
         return retrying(call)
+
+    def _before_retry(self, operation: str) -> Callable[[tenacity.RetryCallState], None]:
+        log = _log_retry(operation)
+
+        def before(state: tenacity.RetryCallState) -> None:
+            log(state)
+            if self.on_retry is not None:
+                self.on_retry()
+
+        return before
 
     def _sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)  # a stop signal ends a back-off at once

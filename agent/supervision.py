@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from agent.errors import ServerError
 from agent.health import Health
 from agent.mqtt import Publisher
+from agent.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -93,3 +94,47 @@ class StateReporter:
 
     def _errors(self) -> int:
         return sum(self.health.errors.values())
+
+
+class Heartbeat:
+    """systemd's view of the loop: READY once a frame made it through, WATCHDOG=1 only after progress.
+
+    ``progress()`` is called by the loop after each decision (a result, a skipped frame, a deliberate
+    wait); a source or call that hangs calls nothing, so the watchdog fires. If the frame path is not
+    working after ``ready_after_s`` (server down at boot), READY is sent anyway with the reason in
+    STATUS, so that ``systemctl start`` returns and the watchdog takes over.
+    """
+
+    def __init__(self, notifier: Notifier, health: Health, ready_after_s: float = 60.0):
+        self.notifier, self.health = notifier, health
+        self.interval = notifier.watchdog_interval
+        self.started = time.monotonic()
+        self.ready_after_s = ready_after_s
+        self.is_ready = False
+        self.last_ping = self.last_status = 0.0
+        self.last_summary = ""
+
+    def ready(self) -> None:
+        if not self.is_ready:
+            self.is_ready = True
+            self.notifier.ready(self.health.summary())
+            logger.debug("systemd ready sent")
+
+    def progress(self) -> None:
+        now = time.monotonic()
+        if not self.is_ready and now - self.started >= self.ready_after_s:
+            self.ready()  # degraded, but alive: the summary says why
+        if self.interval is not None and now - self.last_ping >= self.interval:
+            self.notifier.watchdog()
+            self.last_ping = now
+        key = f"{self.health.status.value} {self.health.server_ok} {self.health.camera_ok}"
+        if key != self.last_summary or now - self.last_status >= 10.0:  # counters alone: every 10 s
+            self.notifier.status(self.health.summary())
+            self.last_summary, self.last_status = key, now
+
+    def slice_s(self) -> float:
+        """Longest wait between two progress() calls that keeps the watchdog fed."""
+        return self.interval if self.interval is not None else 1.0
+
+    def stopping(self) -> None:
+        self.notifier.stopping(self.health.summary())

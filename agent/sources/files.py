@@ -137,7 +137,7 @@ class ImageSource:
 
     def open(self) -> None:
         """Check the file is there; raises SourceUnavailable when it is not."""
-        if not self.path.is_file():
+        if not self.path.exists() or self.path.is_dir():  # a named pipe fed by another program is fine
             raise SourceUnavailable(f"{self.path}: image file not found; check camera.source")
         self._done = False
         logger.info("source opened kind=image path=%s loop=%s", self.path, self.loop)
