@@ -83,9 +83,11 @@ as_root() {
 apt_install() {
     command -v apt-get >/dev/null 2>&1 || return 1
     log "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1 \
-        || { as_root env DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null 2>&1 \
-             && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null; }
+    # A Pi's first boot often has unattended-upgrades holding the dpkg lock: wait for it.
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300)
+    as_root "${apt[@]}" install -y --no-install-recommends "$@" >/dev/null 2>&1 \
+        || { as_root "${apt[@]}" update >/dev/null 2>&1 \
+             && as_root "${apt[@]}" install -y --no-install-recommends "$@" >/dev/null; }
 }
 
 have_mosquitto() {
@@ -157,8 +159,10 @@ install_dev() {
 
 quote() { local out; printf -v out '%q ' "$@"; printf '%s' "${out% }"; }
 
+# Both die when the command fails: their callers often run inside `cmd && x=1` lists, where bash
+# ignores `set -e` for the whole function, so a failed pip would otherwise be reported as installed.
 fs_do() {
-    if [ "$DRY_RUN" = 1 ]; then log "[dry-run] would run: $(quote "$@")"; else "$@"; fi
+    if [ "$DRY_RUN" = 1 ]; then log "[dry-run] would run: $(quote "$@")"; else "$@" || die "failed: $(quote "$@")"; fi
 }
 
 sys_do() {
@@ -168,7 +172,16 @@ sys_do() {
         log "[no-system] would run: $(quote "$@")"
     else
         log "run: $(quote "$@")"
-        "$@"
+        "$@" || die "failed: $(quote "$@")"
+    fi
+}
+
+sys_try() {  # like sys_do, for steps whose failure is expected and harmless (uninstalling what is gone)
+    if [ "$DRY_RUN" = 1 ] || [ "$NO_SYSTEM" = 1 ]; then
+        sys_do "$@"
+    else
+        log "run: $(quote "$@")"
+        "$@" || log "(that failed; continuing)"
     fi
 }
 
@@ -221,7 +234,10 @@ apt_packages() {
     local packages=(python3-venv)
     case "$BOARD" in
         pi) packages+=(python3-picamera2 python3-numpy python3-opencv) ;;
-        jetson) packages+=(python3-numpy) ;;
+        jetson)
+            packages+=(python3-numpy)
+            # JetPack's OpenCV (GStreamer inside) comes from NVIDIA's repo; add it only when cv2 is missing.
+            sys_query && /usr/bin/python3 -c 'import cv2' 2>/dev/null || packages+=(libopencv-python) ;;
     esac
     # piwheels' armv7 numpy wheels link against the system OpenBLAS.
     [ "$ARCH" = armhf ] && packages+=(libopenblas0)
@@ -489,7 +505,7 @@ enable_unit() {  # UNIT_CHANGED AGENT_CHANGED (1/0)
     systemctl is-enabled --quiet "$APP.service" 2>/dev/null || sys_do systemctl enable "$APP.service"
     # An upgrade restarts a running agent on the new code; a stopped one stays stopped.
     if { [ "$1" = 1 ] || [ "$2" = 1 ]; } && systemctl is-active --quiet "$APP.service"; then
-        sys_do systemctl restart "$APP.service"
+        sys_do systemctl restart --no-block "$APP.service"  # Type=notify: do not wait for READY here
     fi
 }
 
@@ -529,7 +545,7 @@ uninstall_device() {
     local purge="$1"
     require_root
     if ! sys_query || { systemd_running && [ -e "$UNIT" ]; }; then
-        sys_do systemctl disable --now "$APP.service" || true
+        sys_try systemctl disable --now "$APP.service"
     fi
     remove "$DROPIN" "$UNIT"
     if [ "$purge" = 1 ]; then
@@ -539,7 +555,7 @@ uninstall_device() {
     fi
     if ! sys_query || systemd_running; then
         sys_do systemctl daemon-reload
-        sys_do systemctl reset-failed "$APP.service" || true
+        sys_try systemctl reset-failed "$APP.service"
     fi
     if [ -L "$ROOT$LINK" ] && [ "$(readlink "$ROOT$LINK")" = "$DEVICE_VENV/bin/catdog-agent" ]; then
         remove "$LINK"
@@ -548,7 +564,7 @@ uninstall_device() {
     if [ "$purge" = 1 ]; then
         remove "$CONF_DIR" "$STATE_DIR" "$CACHE_DIR"
         if ! sys_query || id "$APP" >/dev/null 2>&1; then sys_do userdel "$APP"; fi
-        if ! sys_query || getent group "$APP" >/dev/null; then sys_do groupdel "$APP" || true; fi
+        if ! sys_query || getent group "$APP" >/dev/null; then sys_try groupdel "$APP"; fi
         [ "$DRY_RUN" = 1 ] || log "purged: config, state, cache and the user are gone"
     else
         [ "$DRY_RUN" = 1 ] || log "kept $CONF_DIR, $STATE_DIR and the user $APP (--uninstall --purge removes them)"
@@ -556,14 +572,14 @@ uninstall_device() {
 }
 
 main() {
-    local mode=device purge=0
+    local mode=device purge=0 python_given=0
     PYTHON=python3
     BOARD=""
     ARCH=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --dev) mode=dev ;;
-            --python) shift; PYTHON="${1:?--python needs a value}" ;;
+            --python) shift; PYTHON="${1:?--python needs a value}"; python_given=1 ;;
             --uninstall) mode=uninstall ;;
             --purge) purge=1 ;;
             --detect) mode=detect ;;
@@ -594,6 +610,11 @@ main() {
         dev) install_dev ;;
         detect) detect_board; print_detection ;;
         device|uninstall)
+            # The venv under /opt must be readable by the service user whatever root's umask is, and
+            # built on the distribution's Python (the one apt's picamera2 and JetPack's cv2 belong to),
+            # not a self-built one that sudo's PATH may find first in /usr/local/bin.
+            umask 022
+            if [ "$python_given" = 0 ] && [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; fi
             WORK="$(mktemp -d)"
             trap 'rm -rf "$WORK"' EXIT
             if [ "$mode" = device ]; then install_device; else uninstall_device "$purge"; fi
@@ -601,4 +622,7 @@ main() {
     esac
 }
 
-main "$@"
+# Sourcing (for tests of single functions) defines them without running anything.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

@@ -54,7 +54,13 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     except (PublishError, OSError) as exc:
         logger.error("mqtt setup failed: %s", exc)
         return EXIT_CONFIG
-    agent = Agent(config, stop, health, serving, publisher, Heartbeat(Notifier(), health))
+    notifier = Notifier()
+    half_period = notifier.watchdog_interval
+    if half_period is not None and config.server.timeout_s > half_period:
+        logger.warning("server.timeout_s=%g is longer than half the watchdog period (%g s): a server that hangs "
+                       "could get the agent killed; lower server.timeout_s or raise WatchdogSec",
+                       config.server.timeout_s, half_period)
+    agent = Agent(config, stop, health, serving, publisher, Heartbeat(notifier, health))
     try:
         return agent.run()
     finally:

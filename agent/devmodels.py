@@ -76,7 +76,7 @@ class _Weights:
 
 def _conv_relu(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     count, height, width, _ = images.shape
-    windows = sliding_window_view(images, (3, 3), axis=(1, 2))  # N, H-2, W-2, C, 3, 3
+    windows = sliding_window_view(images, (1, 3, 3, 1))  # N, H-2, W-2, C, 1, 3, 3, 1 (no axis=: numpy 2.0 stubs)
     columns = windows.reshape(count * (height - 2) * (width - 2), -1)
     return np.maximum(columns @ kernel, 0).reshape(count, height - 2, width - 2, -1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -210,7 +211,14 @@ class ServingClient:
         return before
 
     def _sleep(self, seconds: float) -> None:
-        self.stop.wait(seconds)  # a stop signal ends a back-off at once
+        """A back-off wait: a stop signal ends it at once; ``on_retry`` keeps being called (watchdog)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stop.wait(min(left, 1.0)):
+                return
+            if self.on_retry is not None:
+                self.on_retry()
 
     def _call(self, method: str, url: str, body: bytes | None = None) -> Any:
         """One HTTP exchange, mapped to a parsed JSON reply or an agent error."""

@@ -124,7 +124,9 @@ class Heartbeat:
         now = time.monotonic()
         if not self.is_ready and now - self.started >= self.ready_after_s:
             self.ready()  # degraded, but alive: the summary says why
-        if self.interval is not None and now - self.last_ping >= self.interval:
+        # Ping at every progress, at most once a second: the gap systemd sees is then the longest
+        # stretch without progress (one request timeout), not that plus half a watchdog period.
+        if self.interval is not None and now - self.last_ping >= min(self.interval, 1.0):
             self.notifier.watchdog()
             self.last_ping = now
         key = f"{self.health.status.value} {self.health.server_ok} {self.health.camera_ok}"

@@ -80,6 +80,10 @@ def mode(path: Path) -> str:
     return oct(path.stat().st_mode & 0o7777)
 
 
+# Device installs build the venv on the distribution's Python when it is there.
+PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else "python3"
+
+
 def would_run(output: str, command: str) -> list[str]:
     """The stubbed commands starting with ``command`` that install.sh printed."""
     return [line.split("would run: ", 1)[1] for line in output.splitlines()
@@ -141,7 +145,7 @@ def test_a_pi_install_lays_down_unit_config_command_and_user_and_says_what_next(
     assert would_run(out, "chown root:catdog-agent") == [f"chown root:catdog-agent {root}/etc/catdog-agent",
                                                          f"chown root:catdog-agent {root}/{CONF}"]
     assert would_run(out, "systemd-sysusers") == ["systemd-sysusers /etc/sysusers.d/catdog-agent.conf"]
-    assert would_run(out, "python3 -m venv") == ["python3 -m venv --system-site-packages /opt/catdog-agent/venv"]
+    assert would_run(out, f"{PYTHON} -m venv") == [f"{PYTHON} -m venv --system-site-packages /opt/catdog-agent/venv"]
     (pip,) = would_run(out, "/opt/catdog-agent/venv/bin/python -m pip install --disable")
     assert shlex.split(pip)[-3:] == ["--constraint", "/opt/catdog-agent/constraints.txt", str(REPO)], "no extra"
     assert would_run(out, "systemctl") == ["systemctl daemon-reload", "systemctl enable catdog-agent.service"]
@@ -154,7 +158,8 @@ def test_a_pi_install_lays_down_unit_config_command_and_user_and_says_what_next(
     [
         ("pi4", "arm64", {"python3-venv", "python3-picamera2", "python3-numpy", "python3-opencv"}),
         ("zero2w", "armhf", {"python3-venv", "python3-picamera2", "python3-numpy", "python3-opencv", "libopenblas0"}),
-        ("orin-nano", "arm64", {"python3-venv", "python3-numpy"}),
+        # Under --no-system cv2 cannot be probed, so JetPack's OpenCV package is listed.
+        ("orin-nano", "arm64", {"python3-venv", "python3-numpy", "libopencv-python"}),
         (None, "amd64", {"python3-venv"}),
     ],
     ids=["pi-64bit", "pi-32bit", "jetson", "x86"],
@@ -175,7 +180,7 @@ def test_pi_and_jetson_pin_numpy_1_and_refuse_pip_opencv_while_x86_gets_the_open
     out = device_install(other, arch="amd64").stdout
     assert [line for line in (other / "opt/catdog-agent/constraints.txt").read_text().splitlines()
             if not line.startswith("#")] == []
-    assert would_run(out, "python3 -m venv") == ["python3 -m venv /opt/catdog-agent/venv"]
+    assert would_run(out, f"{PYTHON} -m venv") == [f"{PYTHON} -m venv /opt/catdog-agent/venv"]
     (pip,) = would_run(out, "/opt/catdog-agent/venv/bin/python -m pip install --disable")
     assert shlex.split(pip)[-1] == f"{REPO}[opencv]"
 
@@ -263,7 +268,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path):
                    f"install -D -m 0640 {expected_example('jetson')} {root}/{CONF}",
                    f"install -d -m 0750 {root}/{STATE}",
                    f"ln -sfn /opt/catdog-agent/venv/bin/catdog-agent {root}/{LINK}",
-                   "apt-get install", "systemd-sysusers", "python3 -m venv", "systemctl enable"):
+                   "apt-get install", "systemd-sysusers", f"{PYTHON} -m venv", "systemctl enable"):
         assert would_run(out, action), action
     assert "constraint: numpy<2" in out
     device_install(root)
@@ -276,3 +281,19 @@ def test_root_without_no_system_is_refused_so_a_test_can_never_touch_this_machin
     proc = install(tmp_path, check=False)
     assert proc.returncode != 0 and "--root needs --no-system" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_step_inside_an_and_list_still_stops_the_install(tmp_path):
+    """bash ignores `set -e` inside `step && changed=1`: a failed pip must not be reported as installed."""
+    script = f"""
+set -euo pipefail
+source {REPO / 'install.sh'}
+DRY_RUN=0 NO_SYSTEM=0
+step() {{ sys_do false; echo "step went on after a failure"; }}
+step && echo "reported as changed"
+echo "install finished"
+"""
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "failed: false" in proc.stderr
+    assert "went on" not in proc.stdout and "install finished" not in proc.stdout

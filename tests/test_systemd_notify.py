@@ -13,6 +13,8 @@ from pathlib import Path
 
 from conftest import SAMPLES, agent_command, agent_config
 
+from agent.devserver import Fault
+
 
 class NotifySocket:
     """What systemd's side of NOTIFY_SOCKET sees: every datagram with its arrival time."""
@@ -122,13 +124,6 @@ def test_no_watchdog_pings_while_the_source_hangs(tmp_path, devserver, broker):
         notify.close()
 
 
-def test_outside_systemd_nothing_is_sent_and_nothing_breaks(tmp_path, photos, devserver, broker):
-    from agent.sdnotify import Notifier
-
-    notifier = Notifier(environ={})
-    assert notifier.enabled is False and notifier.ready() is False and notifier.watchdog() is False
-
-
 def test_watchdog_keeps_being_fed_while_the_server_is_down(tmp_path, photos, builtin_models, broker):
     from agent.devserver import DevServer
 
@@ -151,4 +146,27 @@ def test_watchdog_keeps_being_fed_while_the_server_is_down(tmp_path, photos, bui
     finally:
         stop(process)
         server.stop()
+        notify.close()
+
+
+def test_a_server_that_hangs_does_not_starve_the_watchdog(tmp_path, photos, devserver, broker):
+    """Scaled down 15x: WatchdogSec=2 s, requests time out after 0.9 s (< half the period) and are retried."""
+    notify = NotifySocket(tmp_path / "notify")
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"loop": True, "fps": 10},
+                          server={"timeout_s": 0.9, "retry": {"attempts": 3, "initial_s": 0.5, "max_s": 0.9}})
+    process = start_under_systemd(config, notify, watchdog_s=2.0)
+    try:
+        assert notify.wait_for(lambda m: any("READY=1" in text for _, text in m))
+        devserver.inject(Fault(delay_s=60, count=1000))  # accepts every request, answers none
+        hung_since = time.monotonic()
+        assert notify.wait_for(lambda m: any(at > hung_since + 6 and "WATCHDOG=1" in text for at, text in m),
+                               timeout=15)
+        pings = [hung_since] + [at for at in notify.times_of("WATCHDOG=1") if at > hung_since]
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) < 2.0, f"the watchdog period (2 s) passed without a ping: {gaps}"
+        devserver.clear_faults()
+        assert stop(process) == 0
+    finally:
+        stop(process)
         notify.close()
