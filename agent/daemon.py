@@ -28,7 +28,7 @@ from agent.frames import Frame
 from agent.health import FAILED_FRAMES_DEGRADED, Health, Status
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
-from agent.pacing import Pacer, Stopped, call_unless_stopped
+from agent.pacing import Pacer, Stopped, StopSignal, call_unless_stopped
 from agent.preprocess import fit
 from agent.result import Result
 from agent.sdnotify import Notifier
@@ -45,7 +45,7 @@ SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit well inside systemd's and the contrac
 
 def run(config: Config, stop: threading.Event | None = None) -> int:
     """Run the agent until the source ends or ``stop`` is set (SIGTERM/SIGINT set it). Returns the exit code."""
-    stop = stop or install_stop_signals(threading.Event())
+    stop = stop or install_stop_signals(StopSignal())
     health = Health(config.device.id, config.server.model, config.server.label)
     serving = make_serving_client(config, stop)
     try:
@@ -250,6 +250,8 @@ class Agent:
     def shutdown(self) -> None:
         """Deliver what can be delivered, publish the final state and ``offline``, close everything."""
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        if self.stop.is_set():
+            logger.info("stopping signal=%s", getattr(self.stop, "reason", "") or "request")
         self.health.status = Status.STOPPING
         self.heartbeat.stopping()
         if self.finished:
@@ -284,14 +286,14 @@ def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:
                          ca_certs=server.ca_certs, stop=stop)
 
 
-def install_stop_signals(stop: threading.Event) -> threading.Event:
+def install_stop_signals(stop: StopSignal) -> StopSignal:
     """SIGTERM and SIGINT set ``stop``; a second SIGINT still interrupts a hung shutdown."""
 
     def handle(signum: int, _frame: object) -> None:
+        # Nothing here may take a lock (no logging, no threading.Event): see StopSignal.
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        logger.info("stopping signal=%s", signal.Signals(signum).name)
-        stop.set()
+        stop.set(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)

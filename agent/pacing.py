@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import math
+import os
+import select
 import threading
 import time
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+
+
+class StopSignal(threading.Event):
+    """A one-way "stop" flag that a signal handler may set.
+
+    ``threading.Event.set()`` takes a lock: called from a handler that interrupted the main thread
+    while it held that same lock (inside ``Event.wait``), it deadlocks the process for good. This
+    flag takes no lock: ``set()`` flips a bool and writes a byte to a pipe, and every waiter (any
+    thread) wakes from ``select`` on it. Once set, it stays set.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._flag = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self.reason = ""  # what set it, for the log (a handler must not log: logging takes locks)
+
+    def set(self, reason: str = "") -> None:
+        if not self._flag:
+            self.reason = reason
+            self._flag = True
+            try:
+                os.write(self._write_fd, b"x")
+            except OSError:  # the pipe is full: it was written already
+                pass
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._flag:
+            poller = select.poll()  # poll, not select: no limit on the descriptor's number
+            poller.register(self._read_fd, select.POLLIN)
+            poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        return self._flag
+
+    def close(self) -> None:
+        """Release the pipe (tests that make many of them; the agent keeps one for its lifetime)."""
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def clear(self) -> None:
+        raise RuntimeError("a StopSignal cannot be cleared")
 
 
 class Stopped(Exception):

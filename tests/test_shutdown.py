@@ -68,7 +68,8 @@ def test_sigterm_with_a_broker_that_never_answers_and_results_waiting(tmp_path, 
         config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=silent.port)
         agent = start_agent(agent_processes, config)
         assert silent.accepted.wait(10)
-        assert devserver.wait_for_request(lambda r: r.path.endswith(":predict"))
+        # A predict that was answered: its result now waits for a broker that never acknowledges.
+        assert devserver.wait_for_request(lambda r: r.path.endswith(":predict") and r.status == 200)
         assert_stops_within_5_s(agent)
         assert "unacknowledged" in agent.stderr, "lost results are admitted in the log"
     finally:
