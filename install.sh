@@ -451,7 +451,10 @@ ensure_agent_installed() {
         fi
     fi
     local source="$HERE"
-    sys_query && [ "$DRY_RUN" = 0 ] && source="$(stage_source)"
+    if sys_query && [ "$DRY_RUN" = 0 ]; then
+        source="$(stage_source)" || die "could not stage a copy of $HERE to install"
+        [ -f "$source/pyproject.toml" ] || die "could not stage a copy of $HERE to install"
+    fi
     sys_do "$DEVICE_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
         --constraint "$CONSTRAINTS" "$source$(pip_extra)"
     if sys_query && [ "$DRY_RUN" = 0 ]; then

@@ -108,7 +108,11 @@ class Agent:
         retry_frame: Frame | None = None
         while not self.stop.is_set():
             try:
-                frame = retry_frame or self.next_frame(source)
+                # In a helper thread: a read that blocks (a named pipe with no writer, a dead device)
+                # must not hold SIGTERM; it also feeds no watchdog, so a hang still trips it.
+                frame = retry_frame or call_unless_stopped(lambda: self.next_frame(source), self.stop)
+            except Stopped:
+                break
             except SourceError as exc:
                 self.source_failed(source, exc)
                 self.wait(pacer.next_delay())  # every iteration is paced, failed ones too: no busy loop
@@ -253,9 +257,11 @@ class Agent:
         if self.stop.is_set():
             logger.info("stopping signal=%s", getattr(self.stop, "reason", "") or "request")
         self.health.status = Status.STOPPING
-        self.heartbeat.stopping()
         if self.finished:
             self.wait_for_acks()  # a finite run ends only when every result is acknowledged
+            deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        # Only now: systemd starts TimeoutStopSec at STOPPING=1, and waiting for a broker may take long.
+        self.heartbeat.stopping()
         self.health.status = Status.STOPPED
         self.reporter.publish()
         if self.source is not None:
@@ -268,10 +274,15 @@ class Agent:
         logger.info("stopped %s", self.health.summary())
 
     def wait_for_acks(self) -> None:
-        while not self.publisher.wait_delivered(timeout=30.0, stop=self.stop):
+        """Block until the broker has every result, feeding the watchdog (the loop is alive, waiting)."""
+        next_log = time.monotonic() + 30.0
+        while not self.publisher.wait_delivered(timeout=self.heartbeat.slice_s(), stop=self.stop):
             if self.stop.is_set():
                 return
-            logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
+            self.heartbeat.progress()
+            if time.monotonic() >= next_log:
+                next_log += 30.0
+                logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
 
 
 def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:

@@ -77,6 +77,8 @@ class Pacer:
 
 def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:
     """Run ``call`` in a helper thread; raise Stopped as soon as ``stop`` is set (the call is abandoned)."""
+    if stop.is_set():
+        raise Stopped()
     outcome: dict = {}
     done = threading.Event()
 

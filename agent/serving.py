@@ -222,6 +222,8 @@ class ServingClient:
 
     def _call(self, method: str, url: str, body: bytes | None = None) -> Any:
         """One HTTP exchange, mapped to a parsed JSON reply or an agent error."""
+        if self.stop.is_set():  # a retry scheduled before the stop must not go out after it
+            raise TransientServerError(f"{method} {url}: not sent, stopping", url=url)
         try:
             response = self.session.request(method, url, data=body, timeout=self.timeout)
         except requests.Timeout as exc:

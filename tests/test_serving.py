@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,15 +162,21 @@ def test_a_dropped_connection_is_transient_and_retried(devserver):
     assert "predictions" in client_for(devserver).predict(body_for_one_frame())
 
 
-def test_stop_event_ends_the_back_off_at_once(devserver):
+def test_stop_event_ends_the_back_off_at_once_and_sends_nothing_more(devserver):
     devserver.inject(Fault(status=503, count=100))
     stop = threading.Event()
     client = ServingClient(Endpoint(devserver.url, MODEL, 2), retry=RetryPolicy(attempts=50, initial_s=5, max_s=5),
                            stop=stop)
+    outcome: list = []
+    caller = threading.Thread(target=lambda: outcome.append(pytest.raises(TransientServerError, client.predict,
+                                                                          body_for_one_frame())))
+    caller.start()
+    assert devserver.wait_for_request(lambda r: r.path.endswith(":predict"))
+    started = time.monotonic()
     stop.set()
-    with pytest.raises(TransientServerError):
-        client.predict(body_for_one_frame())
-    assert len(devserver.recorded()) == 1
+    caller.join(10)
+    assert outcome and time.monotonic() - started < 2.0, "the 5 s back-off ended at the stop"
+    assert len(devserver.recorded()) == 1, "no attempt after the stop"
 
 
 def test_requests_reuse_one_keep_alive_connection(devserver):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -120,3 +121,15 @@ def test_a_looping_folder_that_empties_is_waited_for_and_resumes(tmp_path, devse
     assert collector.wait_for(lambda: collector.on("state")[-1].json()["camera_ok"] is True)
     assert_stops_within_5_s(agent)
     assert "source back" in agent.stderr
+
+
+def test_sigterm_while_the_source_blocks_on_a_named_pipe_with_no_writer(tmp_path, devserver, broker, collector,
+                                                                        agent_processes):
+    fifo = tmp_path / "snapshot.jpg"
+    os.mkfifo(fifo)  # opening it blocks until a writer comes: a source that hangs
+    config = agent_config(tmp_path, source=fifo, server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"loop": True})
+    agent = start_agent(agent_processes, config)
+    assert collector.wait_for(lambda: any(m.json()["status"] == "running" for m in collector.on("state")))
+
+    assert_stops_within_5_s(agent)
