@@ -7,14 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.classify import classify, first_output
 from agent.config import Config
-from agent.encode import PixelEncoder, predict_body
+from agent.encode import PixelEncoder
 from agent.errors import AgentError
 from agent.frames import Frame
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
-from agent.preprocess import fit
 from agent.serving import ServingClient, VersionStatus
 from agent.sources import open_source
 
@@ -95,14 +93,12 @@ class Checker:
     def check_predict(self) -> str:
         if self.model is None or self.frame is None:
             raise AgentError("skipped (needs the model and a frame)")
-        pixels = fit(self.frame.rgb, self.model.input_spec)
-        body = predict_body(pixels, PixelEncoder(self.model.input_spec.scale), input_name=self.model.input_name,
-                            signature=self.serving.signature)
+        body = self.model.request_body(self.frame.rgb, PixelEncoder(self.model.input_spec.scale),
+                                       self.serving.signature)
         started = time.monotonic()
         reply = self.serving.predict(body)
         took_ms = (time.monotonic() - started) * 1000
-        result = classify(first_output(reply, self.model.output_name), self.config.model.labels,
-                          self.config.model.threshold)
+        result = self.model.classification(reply, self.config.model.labels, self.config.model.threshold)
         return (f"{result.label} {result.score:.3f} (version {self.model.version}) in {took_ms:.0f} ms, "
                 f"{len(body) / 1024:.0f} KiB request")
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import Config
-from agent.errors import AgentError, ConfigError
+from agent.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, AgentError, ConfigError
 
 logger = logging.getLogger("agent")
 
-EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 69, 78, 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

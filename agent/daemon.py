@@ -11,10 +11,12 @@ import signal
 import threading
 import time
 
-from agent.classify import classify, first_output
 from agent.config import Config
-from agent.encode import PixelEncoder, predict_body
+from agent.encode import PixelEncoder
 from agent.errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
     AgentError,
     BadReplyError,
     FrameDecodeError,
@@ -26,20 +28,19 @@ from agent.errors import (
 )
 from agent.frames import Frame
 from agent.health import FAILED_FRAMES_DEGRADED, Health, Status
+from agent.logsetup import RepeatFilter
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
-from agent.pacing import Pacer, Stopped, StopSignal, call_unless_stopped
-from agent.preprocess import fit
+from agent.pacing import Pacer, Stopped, StopSignal, backoff_s, call_unless_stopped
 from agent.result import Result
 from agent.sdnotify import Notifier
 from agent.serving import Endpoint, RetryPolicy, ServingClient
 from agent.sources import open_source
 from agent.sources.base import FrameSource
-from agent.supervision import Heartbeat, Outage, RepeatFilter, StateReporter
+from agent.supervision import Heartbeat, Outage, StateReporter
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 69, 78
 SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit well inside systemd's and the contract's 5 s
 
 
@@ -154,7 +155,7 @@ class Agent:
         if not (source.live or self.config.camera.loop):
             raise exc
         self.camera_failures += 1
-        self.wait(min(30.0, 0.5 * 2 ** min(self.camera_failures - 1, 8)))
+        self.wait(backoff_s(self.camera_failures, 0.5, 30.0))
 
     def refresh_model(self) -> ServedModel:
         """A label (or "latest") can be moved on the server: re-read now and then which version answers."""
@@ -186,11 +187,9 @@ class Agent:
         return frame
 
     def classify_frame(self, frame: Frame, model: ServedModel) -> Result:
-        pixels = fit(frame.rgb, model.input_spec)
-        body = predict_body(pixels, self.encoder, input_name=model.input_name, signature=self.serving.signature)
+        body = model.request_body(frame.rgb, self.encoder, self.serving.signature)
         reply = call_unless_stopped(lambda: self.serving.predict(body), self.stop)
-        values = first_output(reply, model.output_name)
-        classification = classify(values, self.config.model.labels, self.config.model.threshold)
+        classification = model.classification(reply, self.config.model.labels, self.config.model.threshold)
         latency_ms = (time.time() - frame.captured_at) * 1000.0
         logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", frame.seq, frame.origin,
                      classification.label, classification.score, latency_ms)
@@ -209,9 +208,9 @@ class Agent:
     def pause_after_failures(self) -> None:
         """Frames that keep failing (a removed version, a folder of broken files) slow the loop down to
         one try every 5 s at most, whatever camera.fps says: failing fast helps nobody."""
-        extra = self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED
-        if extra >= 0:
-            self.wait(min(5.0, 0.05 * 2 ** min(extra, 7)))
+        beyond = self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED + 1
+        if beyond >= 1:
+            self.wait(backoff_s(beyond, 0.05, 5.0))
 
     def wait(self, seconds: float) -> None:
         """A deliberate pause: ends at once on stop, and keeps systemd's watchdog fed while it lasts."""

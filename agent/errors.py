@@ -15,6 +15,9 @@ AgentError
 
 from __future__ import annotations
 
+# Process exit codes (README "Exit codes"): sysexits' EX_UNAVAILABLE and EX_CONFIG, 130 for Ctrl-C.
+EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 69, 78, 130
+
 
 class AgentError(Exception):
     """Base of every error the agent raises on purpose."""

@@ -6,11 +6,16 @@ two are reported here, once, at start -- not as a 400 on every frame.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from agent.classify import Classification, classify, first_output
 from agent.config import ModelConfig
+from agent.encode import PixelEncoder, predict_body
 from agent.errors import ModelNotAvailable, PermanentServerError
-from agent.preprocess import InputSpec
+from agent.preprocess import InputSpec, fit
 from agent.serving import ModelMetadata, ServingClient, TensorInfo
 
 # Input dtypes our JSON row encoding can fill from RGB pixels (numbers only).
@@ -28,6 +33,14 @@ class ServedModel:
     output_name: str | None  # None: the signature has a single output (the reply is bare)
     input: TensorInfo
     output: TensorInfo | None
+
+    def request_body(self, rgb: np.ndarray, encoder: PixelEncoder, signature: str | None) -> bytes:
+        """The ``:predict`` body for one RGB frame: fitted to this model's input, then encoded."""
+        return predict_body(fit(rgb, self.input_spec), encoder, input_name=self.input_name, signature=signature)
+
+    def classification(self, reply: object, labels: Sequence[str], threshold: float) -> Classification:
+        """This model's output in a ``:predict`` reply, as a label and scores (BadReplyError if malformed)."""
+        return classify(first_output(reply, self.output_name), labels, threshold)
 
     def describe(self) -> str:
         out = self.output.describe() if self.output else "?"

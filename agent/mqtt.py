@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.errors import PublishError
+from agent.logsetup import OncePerWindow
 
 logger = logging.getLogger(__name__)
 
@@ -221,31 +222,20 @@ class Publisher:
                 self._acked_early.add(mid)
 
 
-class _OncePerWindow(logging.Filter):
-    """Lets each distinct message through once per ``window_s``: reconnect loops repeat the same error."""
-
-    def __init__(self, window_s: float = 300.0):
-        super().__init__()
-        self.window_s = window_s
-        self.last: dict[str, float] = {}
+class _PahoNoise(OncePerWindow):
+    """paho's own warnings, each once per window, minus the one it repeats while waiting to reconnect."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message, now = record.getMessage(), time.monotonic()
-        if message.startswith("Client is not connected"):
-            return False  # paho 2.2 says this while it waits to reconnect; our own line already told the story
-        if now - self.last.get(message, -self.window_s) < self.window_s:
-            return False
-        if len(self.last) > 100:
-            self.last.clear()
-        self.last[message] = now
-        return True
+        if record.getMessage().startswith("Client is not connected"):
+            return False  # our own "cannot connect" line already told the story
+        return super().filter(record)
 
 
 _PAHO_LOGGER = logging.getLogger("agent.mqtt.paho")
 _PAHO_LOGGER.setLevel(logging.WARNING)
-_PAHO_LOGGER.addFilter(_OncePerWindow())
+_PAHO_LOGGER.addFilter(_PahoNoise())
 _QUEUE_LOGGER = logging.getLogger("agent.mqtt.queue")
-_QUEUE_LOGGER.addFilter(_OncePerWindow())
+_QUEUE_LOGGER.addFilter(OncePerWindow())
 
 
 def _guarded(callback: Callable[..., None]) -> Callable[..., None]:

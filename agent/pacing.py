@@ -60,6 +60,11 @@ class Stopped(Exception):
     """The stop event was set while waiting."""
 
 
+def backoff_s(failures: int, first_s: float, max_s: float) -> float:
+    """Wait after the ``failures``-th failure in a row: first_s, doubling each time, capped at max_s."""
+    return min(max_s, first_s * 2 ** max(0, min(failures - 1, 16)))
+
+
 class Pacer:
     """Holds the loop to at most ``fps`` iterations per second without bursting to catch up."""
 

@@ -6,14 +6,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.classify import classify, first_output
 from agent.config import Config
-from agent.encode import PixelEncoder, predict_body
+from agent.encode import PixelEncoder
 from agent.errors import AgentError
 from agent.model import ServedModel, fetch_served_model
-from agent.preprocess import fit
 from agent.serving import ServingClient
-from agent.sources.files import ImageSource
+from agent.sources.files import decode_image
 
 
 def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool]]:
@@ -35,14 +33,7 @@ def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool
 
 def _predict_one(path: Path, config: Config, serving: ServingClient, model: ServedModel,
                  encoder: PixelEncoder) -> str:
-    source = ImageSource(path, swap_rb=config.camera.swap_rb)
-    source.open()
-    frame = source.read()
-    source.close()
-    assert frame is not None
-    body = predict_body(fit(frame.rgb, model.input_spec), encoder, input_name=model.input_name,
-                        signature=serving.signature)
-    result = classify(first_output(serving.predict(body), model.output_name), config.model.labels,
-                      config.model.threshold)
+    body = model.request_body(decode_image(path, config.camera.swap_rb), encoder, serving.signature)
+    result = model.classification(serving.predict(body), config.model.labels, config.model.threshold)
     scores = ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items())
     return f"{path}: {result.label} {result.score:.3f} ({scores}) version {model.version}"

@@ -201,10 +201,13 @@ class ServingClient:
         return retrying(call)
 
     def _before_retry(self, operation: str) -> Callable[[tenacity.RetryCallState], None]:
-        log = _log_retry(operation)
+        """One log line per retry, and ``on_retry`` (a retry is progress: the systemd watchdog)."""
 
         def before(state: tenacity.RetryCallState) -> None:
-            log(state)
+            error = state.outcome.exception() if state.outcome else None
+            wait_s = state.next_action.sleep if state.next_action else 0.0
+            logger.warning("server retry op=%s attempt=%d wait_s=%.2f error=%s", operation,
+                           state.attempt_number, wait_s, error)
             if self.on_retry is not None:
                 self.on_retry()
 
@@ -243,16 +246,6 @@ def _stop_when_set(stop: threading.Event) -> tenacity.stop.stop_base:
             return stop.is_set()
 
     return _StopWhenSet()
-
-
-def _log_retry(operation: str) -> Callable[[tenacity.RetryCallState], None]:
-    def log(state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait_s = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("server retry op=%s attempt=%d wait_s=%.2f error=%s", operation,
-                       state.attempt_number, wait_s, error)
-
-    return log
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from agent.errors import ServerError
 from agent.health import Health
 from agent.mqtt import Publisher
+from agent.pacing import backoff_s
 from agent.sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
@@ -41,25 +42,7 @@ class Outage:
         self.health.refresh_status()
 
     def pause_s(self) -> float:
-        return min(self.max_s, self.initial_s * 2 ** min(self.failures - 1, 16))
-
-
-class RepeatFilter:
-    """Lets an error message through once per ``window_s``; repeats are only counted (in ``state``)."""
-
-    def __init__(self, window_s: float = 300.0):
-        self.window_s = window_s
-        self.last_seen: dict[str, float] = {}
-
-    def first(self, message: str) -> bool:
-        now = time.monotonic()
-        seen = self.last_seen.get(message)
-        if seen is not None and now - seen < self.window_s:
-            return False
-        if len(self.last_seen) > 100:  # bounded: distinct messages (file names) must not grow memory
-            self.last_seen.clear()
-        self.last_seen[message] = now
-        return True
+        return backoff_s(self.failures, self.initial_s, self.max_s)
 
 
 class StateReporter:

@@ -78,16 +78,28 @@ def test_a_400_is_a_clear_permanent_error_without_retries(tmp_path, photos, devs
     assert len(logged) == 1, "the same error on every frame is logged once, then counted"
 
 
-def test_a_version_removed_while_running_is_a_clear_error_without_a_retry_storm(
-        tmp_path, photos, devserver, broker, collector, agent_processes):
+def remove_the_version_while_looping(tmp_path, photos, devserver, broker, collector, agent_processes, *, fps: float,
+                                     errors: int, timeout: float):
+    """Start a looping agent, remove its pinned version once results flow, and wait for ``errors`` 404s.
+
+    Returns the running agent and the number of state messages seen before the removal.
+    """
     config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
-                          camera={"loop": True, "fps": 20})
+                          camera={"loop": True, "fps": fps})
     agent = start_agent(agent_processes, config)
     assert collector.wait_for(lambda: len(collector.on("result")) >= 1)
+    states_before = len(collector.on("state"))
 
     devserver.remove_version(MODEL, 2)
-    assert collector.wait_for(lambda: any(m.json().get("errors", {}).get("server_permanent", 0) >= 3
-                                          for m in collector.on("state")))
+    assert collector.wait_for(lambda: any(m.json()["errors"].get("server_permanent", 0) >= errors
+                                          for m in collector.on("state")), timeout=timeout)
+    return agent, states_before
+
+
+def test_a_version_removed_while_running_is_a_clear_error_without_a_retry_storm(
+        tmp_path, photos, devserver, broker, collector, agent_processes):
+    agent, _ = remove_the_version_while_looping(tmp_path, photos, devserver, broker, collector, agent_processes,
+                                                fps=20, errors=3, timeout=20)
     assert agent.terminate(signal.SIGTERM) == 0, agent.stderr
 
     failed = [r for r in devserver.recorded() if r.path.endswith(":predict") and r.status == 404]
@@ -109,15 +121,8 @@ def test_a_malformed_status_reply_at_start_exits_69_with_the_reason(tmp_path, ph
 
 def test_permanent_errors_are_paced_and_do_not_flood_the_state_topic(
         tmp_path, photos, devserver, broker, collector, agent_processes):
-    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
-                          camera={"loop": True, "fps": 5})
-    agent = start_agent(agent_processes, config)
-    assert collector.wait_for(lambda: len(collector.on("result")) >= 1)
-    states_before = len(collector.on("state"))
-
-    devserver.remove_version(MODEL, 2)
-    assert collector.wait_for(lambda: any(m.json()["errors"].get("server_permanent", 0) >= 6
-                                          for m in collector.on("state")), timeout=30)
+    agent, states_before = remove_the_version_while_looping(tmp_path, photos, devserver, broker, collector,
+                                                            agent_processes, fps=5, errors=6, timeout=30)
     assert collector.on("state")[-1].json()["status"] == "degraded"
     assert agent.terminate() == 0
 
