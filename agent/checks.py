@@ -14,7 +14,7 @@ from agent.frames import Frame
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
 from agent.serving import ServingClient, VersionStatus
-from agent.sources import open_source
+from agent.sources import read_one_frame
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,14 @@ class Checker:
         return f"{mqtt.host}:{mqtt.port} connected{' with TLS' if mqtt.tls else ''}; topics {topics.result}, ..."
 
     def check_source(self) -> str:
-        source = open_source(self.config.camera)
-        source.open()
-        try:
-            self.frame = source.read()
-        finally:
-            source.close()
-        if self.frame is None:
-            raise AgentError(f"{source.description}: no frame")
-        height, width = self.frame.rgb.shape[:2]
-        return f"{source.description}: first frame {width}x{height} RGB ({self.frame.origin})"
+        one = read_one_frame(self.config.camera)
+        self.frame = one.frame
+        height, width = one.frame.rgb.shape[:2]
+        means = one.frame.rgb.reshape(-1, 3).mean(axis=0)
+        details = f"; {one.details}" if one.details else ""
+        return (f"{one.source}: first frame {width}x{height} ({one.frame.origin}){details}; mean R/G/B "
+                f"{means[0]:.0f}/{means[1]:.0f}/{means[2]:.0f} (a red object reading blue in `catdog-agent "
+                "snapshot` means camera.swap_rb: true)")
 
     def check_predict(self) -> str:
         if self.model is None or self.frame is None:

@@ -1,4 +1,4 @@
-"""Command line: run | check | predict | demo | watch."""
+"""Command line: run | check | predict | snapshot | demo | watch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import Config
-from agent.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, AgentError, ConfigError
+from agent.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    AgentError,
+    ConfigError,
+    SourceUnavailable,
+)
 
 logger = logging.getLogger("agent")
 
@@ -52,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(predict)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(handler=cmd_predict)
+
+    snapshot = commands.add_parser("snapshot", help="save what the model would see from the camera (to aim it "
+                                                    "and check colours)")
+    _config_args(snapshot)
+    snapshot.add_argument("out", type=Path, metavar="OUT.jpg", help="picture to write (.jpg or .png)")
+    snapshot.set_defaults(handler=cmd_snapshot)
 
     demo = commands.add_parser("demo", help="the whole pipeline on this machine: photos, stand-in server, mosquitto")
     demo.add_argument("--onnx", metavar="FILE", help="serve this ONNX model (default: $CATDOG_ONNX_MODEL, "
@@ -119,6 +134,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(line, flush=True)
         failures += not ok
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from agent.snapshot import take_snapshot
+
+    config = load(args)
+    try:
+        print(take_snapshot(config, args.out).describe(), flush=True)
+    except SourceUnavailable as exc:  # like `run`: a missing camera is 69, not a crash
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -22,6 +22,15 @@ class DeviceConfig:
     id: str = field(metadata=doc("device name: letters, digits, '-' and '_'; part of every topic", required=True))
 
 
+FLIPS = ("none", "rotate-180", "horizontal", "vertical")
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    initial_s: float = field(default=0.5, metadata=doc("first wait before reopening a failed camera (seconds)"))
+    max_s: float = field(default=30.0, metadata=doc("longest wait between reopen attempts (seconds)"))
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     source: str = field(metadata=doc("what to read frames from (folder, image, video file, camera URL)",
@@ -31,6 +40,14 @@ class CameraConfig:
     width: Optional[int] = field(default=None, metadata=doc("capture width asked of the device (pixels)"))
     height: Optional[int] = field(default=None, metadata=doc("capture height asked of the device (pixels)"))
     swap_rb: bool = field(default=False, metadata=doc("swap red and blue (fixes a driver's colour order)"))
+    capture_fps: Optional[float] = field(default=None, metadata=doc(
+        "frame rate asked of a camera (default: the device's own; csi:// 30)"))
+    flip: str = field(default="none", metadata=doc("turn the picture: none | rotate-180 | horizontal | vertical",
+                                                    choices=FLIPS))
+    timeout_s: float = field(default=5.0, metadata=doc(
+        "cameras and streams: open/read timeout; no frame this long = camera down (seconds)"))
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig,
+                                       metadata=doc("how a failed camera is reopened"))
 
 
 @dataclass(frozen=True)

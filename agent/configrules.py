@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from agent.config import CameraConfig, DeviceConfig, ModelConfig, MqttConfig, RetryConfig, ServerConfig, TlsConfig
+from agent.config import (
+    CameraConfig,
+    DeviceConfig,
+    ModelConfig,
+    MqttConfig,
+    ReconnectConfig,
+    RetryConfig,
+    ServerConfig,
+    TlsConfig,
+)
 from agent.yamlpos import KeyPath
 
 INVALID: Any = object()  # a value that could not be converted; its problem is already reported
@@ -150,6 +159,29 @@ def check_capture_size(camera: CameraConfig, walk: Walk) -> None:
         given = "width" if camera.height is None else "height"
         walk.rule(("camera",), f"set width and height together (only {given} is set)",
                   involves=(("camera", "width"), ("camera", "height")), line_path=("camera", given))
+
+
+def check_camera_timing(camera: CameraConfig, walk: Walk) -> None:
+    """Capture rate and camera timeout within what a device can do and a watchdog tolerates."""
+    if camera.capture_fps is not None and not 0.1 <= camera.capture_fps <= 240:
+        walk.rule(("camera", "capture_fps"), f"must be 0.1 to 240 frames per second (got {camera.capture_fps:g})")
+    if not 0.5 <= camera.timeout_s <= 14:
+        # A read is not watched by systemd's watchdog (30 s): it must end well within half of it.
+        walk.rule(("camera", "timeout_s"), f"must be 0.5 to 14 seconds (got {camera.timeout_s:g})")
+    elif camera.capture_fps is not None and camera.capture_fps * camera.timeout_s < 2:
+        # Fewer than two frames per timeout and a healthy camera would be reported down between frames.
+        walk.rule(("camera", "capture_fps"), f"{camera.capture_fps:g} fps is too slow for camera.timeout_s "
+                  f"{camera.timeout_s:g}: at least two frames must arrive per timeout (raise one of them)",
+                  involves=(("camera", "timeout_s"),))
+
+
+def check_reconnect(reconnect: ReconnectConfig, walk: Walk) -> None:
+    """The camera reopen back-off starts small and is capped."""
+    if not 0.01 <= reconnect.initial_s <= 60:
+        walk.rule(("camera", "reconnect", "initial_s"), f"must be 0.01 to 60 seconds (got {reconnect.initial_s:g})")
+    if not reconnect.initial_s <= reconnect.max_s <= 600:
+        walk.rule(("camera", "reconnect", "max_s"),
+                  f"must be at least initial_s ({reconnect.initial_s:g}) and at most 600 (got {reconnect.max_s:g})")
 
 
 def check_server_url(server: ServerConfig, walk: Walk) -> None:
@@ -338,7 +370,8 @@ def check_tls_key_needs_cert(tls: TlsConfig, walk: Walk) -> None:
 
 RULES: dict[KeyPath, tuple[Callable[[Any, Walk], None], ...]] = {
     ("device",): (check_device_id,),
-    ("camera",): (check_camera_fps, check_capture_size),
+    ("camera",): (check_camera_fps, check_capture_size, check_camera_timing),
+    ("camera", "reconnect"): (check_reconnect,),
     ("server",): (check_server_url, check_server_model, check_server_version, check_server_label,
                   check_version_or_label, check_server_timeout, check_server_headers),
     ("server", "retry"): (check_retry_attempts, check_retry_initial, check_retry_max),

@@ -144,7 +144,7 @@ class Agent:
         return None
 
     def source_failed(self, source: FrameSource, exc: SourceError) -> None:
-        """A bad item is skipped; a failing live or looping source is waited for; a finite one ends the run."""
+        """A bad item is skipped; a failing camera or looping source is waited for; a finite one ends the run."""
         if isinstance(exc, FrameDecodeError):
             self.health.record_failed_frame()
             self.record_error(exc, logging.WARNING)
@@ -152,7 +152,9 @@ class Agent:
             return
         self.health.camera_ok = False
         self.record_error(exc, logging.ERROR)
-        if not (source.live or self.config.camera.loop):
+        if source.live:
+            return  # its read() waited camera.timeout_s already; its capture thread reconnects with back-off
+        if not self.config.camera.loop:
             raise exc
         self.camera_failures += 1
         self.wait(backoff_s(self.camera_failures, 0.5, 30.0))

@@ -105,6 +105,7 @@ class RecordedRequest:
     headers: dict[str, str]
     at: float  # time.time() when the request arrived
     client_port: int = 0  # the client's TCP port: equal ports = one keep-alive connection
+    body: bytes | None = dataclasses.field(default=None, repr=False)  # gzip-decoded; kept with record_bodies
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -206,10 +207,11 @@ class DevServer:
         labels: dict[str, dict[str, int]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        record_bodies: bool = False,  # keep every request's body in the log, for tests that read them
     ):
         self.repository = ModelRepository(Path(model_base), labels)
         self.api = RestApi(self.repository)
-        self._host, self._port = host, port
+        self._host, self._port, self._keep_bodies = host, port, record_bodies
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # notified for every recorded request
         self._faults: list[list[Any]] = []  # [Fault, remaining count]
@@ -334,12 +336,12 @@ class DevServer:
 
     def _answer(self, handler: _Handler, raw: bytes, arrived: float) -> Reply | None:
         """The reply to one request (None = drop the connection); logged on arrival, status on reply."""
-        path, method = handler.path, handler.command
+        path, method, port = handler.path, handler.command, handler.client_address[1]
         if path.startswith("/_dev/"):
             return self._control(method, path, raw)
         headers = dict(handler.headers.items())
-        record = RecordedRequest(method, path, 0, len(raw), headers, arrived, handler.client_address[1])
         body = _gunzip(raw) if "gzip" in headers.get("Content-Encoding", "") else raw
+        record = RecordedRequest(method, path, 0, len(raw), headers, arrived, port, body if self._keep_bodies else None)
         with self._lock:
             self._requests.append(record)
             self._arrived.notify_all()
@@ -380,7 +382,7 @@ class DevServer:
         if (method, path) == ("DELETE", "/_dev/faults"):
             return {"cleared": self.clear_faults()}
         if (method, path) == ("GET", "/_dev/requests"):
-            return [dataclasses.asdict(record) for record in self.recorded()]
+            return [{k: v for k, v in dataclasses.asdict(r).items() if k != "body"} for r in self.recorded()]
         if (method, path) == ("DELETE", "/_dev/requests"):
             return {"cleared": self.clear_requests()}
         if (method, path) == ("POST", "/_dev/labels"):

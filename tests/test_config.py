@@ -482,3 +482,31 @@ def test_reference_rows_give_type_and_default_as_a_reader_writes_them() -> None:
     assert rows["server.headers"] == ("mapping of names to strings", "{}")
     assert rows["mqtt.tls"] == ("section", "none")
     assert rows["camera.loop"] == ("boolean", "false")
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("pi-camera.yaml", "picamera2"), ("jetson-csi.yaml", "csi"), ("usb-webcam.yaml", "v4l2"),
+    ("rtsp-camera.yaml", "stream"), ("folder.yaml", "folder"), ("minimal.yaml", "folder"),
+])
+def test_every_example_config_loads_and_names_its_kind_of_source(name: str, kind: str) -> None:
+    from agent.sources import source_kind
+
+    assert source_kind(load_config(REPO / "config" / name).camera.source) == kind
+
+
+def test_the_examples_cover_every_file_in_config() -> None:
+    assert sorted(p.name for p in (REPO / "config").glob("*.yaml")) == sorted(
+        ["pi-camera.yaml", "jetson-csi.yaml", "usb-webcam.yaml", "rtsp-camera.yaml", "folder.yaml", "minimal.yaml"])
+
+
+@pytest.mark.parametrize(("camera", "problem"), [
+    ("  capture_fps: 0\n", "camera.capture_fps: must be 0.1 to 240 frames per second (got 0)"),
+    ("  timeout_s: 30\n", "camera.timeout_s: must be 0.5 to 14 seconds (got 30)"),
+    ("  capture_fps: 0.2\n  timeout_s: 5\n", "camera.capture_fps: 0.2 fps is too slow for camera.timeout_s 5"),
+    ("  flip: upside-down\n", "camera.flip"),
+    ("  reconnect:\n    initial_s: 5\n    max_s: 1\n", "camera.reconnect.max_s: must be at least initial_s (5)"),
+])
+def test_camera_timing_keys_are_checked(config_dir: Path, camera: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(config_dir, doc("camera:\n  source: f\n" + camera)))
+    assert any(problem in line for line in raised.value.problems), raised.value.problems

@@ -6,15 +6,20 @@ Adding a kind is one line in SOURCES: its name and a function CameraConfig -> Fr
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 from agent.config import CameraConfig
-from agent.errors import SourceUnavailable
-from agent.sources.base import FrameSource, redact
+from agent.errors import SourceError, SourceUnavailable
+from agent.frames import Frame
+from agent.sources.base import FrameSource
 from agent.sources.files import FolderSource, ImageSource, is_image_name
+from agent.sources.live import Camera, LiveSource, Reconnect
+from agent.sources.opencv_cam import csi_camera, stream_camera, v4l2_camera
 from agent.sources.video import VIDEO_EXTENSIONS, VideoFileSource
 
-__all__ = ["CAMERA_KINDS", "FILE_KINDS", "SOURCES", "FrameSource", "open_source", "source_kind"]
+__all__ = ["CAMERA_KINDS", "FILE_KINDS", "SOURCES", "FrameSource", "OneFrame", "open_source", "read_one_frame",
+           "source_kind"]
 
 CAMERA_KINDS = ("picamera2", "csi", "v4l2", "stream")
 FILE_KINDS = ("folder", "video", "image")
@@ -24,7 +29,28 @@ _V4L2_PREFIXES = ("/dev/video", "v4l2://", "/dev/v4l/")
 
 SourceFactory = Callable[[CameraConfig], FrameSource]
 
+
+def live(make_camera: Callable[[CameraConfig], Camera]) -> SourceFactory:
+    """A factory for a live camera kind: its Camera behind the freshest-frame capture thread."""
+
+    def factory(camera: CameraConfig) -> FrameSource:
+        return LiveSource(make_camera(camera), timeout_s=camera.timeout_s,
+                          reconnect=Reconnect(camera.reconnect.initial_s, camera.reconnect.max_s))
+
+    return factory
+
+
+def picamera2_camera(camera: CameraConfig) -> Camera:
+    from agent.sources.picam import picamera2_camera as make  # picamera2 exists only on a Pi
+
+    return make(camera)
+
+
 SOURCES: dict[str, SourceFactory] = {
+    "picamera2": live(picamera2_camera),
+    "csi": live(csi_camera),
+    "v4l2": live(v4l2_camera),
+    "stream": live(stream_camera),
     "folder": lambda camera: FolderSource(camera.source, loop=camera.loop, swap_rb=camera.swap_rb),
     "image": lambda camera: ImageSource(camera.source, loop=camera.loop, swap_rb=camera.swap_rb),
     "video": lambda camera: VideoFileSource(camera.source, fps=camera.fps, loop=camera.loop,
@@ -65,14 +91,33 @@ def _path_kind(path: str) -> str:
 def open_source(camera: CameraConfig) -> FrameSource:
     """Build the FrameSource for ``camera.source``; call its open() before reading.
 
-    Raises SourceUnavailable for a kind this version cannot read or a file path that does not exist.
+    Raises SourceUnavailable for a file path that does not exist.
     """
     kind = source_kind(camera.source)
-    factory = SOURCES.get(kind)
-    if factory is None:
-        raise SourceUnavailable(
-            f"camera.source {redact(camera.source)!r}: {kind} cameras are not supported by this version "
-            f"of catdog-agent yet (supported here: {', '.join(sorted(SOURCES))})")
+    factory = SOURCES[kind]
     if kind in FILE_KINDS and not os.path.exists(camera.source):
         raise SourceUnavailable(f"camera.source {camera.source!r}: no such file or directory")
     return factory(camera)
+
+
+@dataclass(frozen=True)
+class OneFrame:
+    """A single frame read for ``check`` and ``snapshot``, with what the source said about itself."""
+
+    frame: Frame
+    source: str  # the source's description
+    details: str  # a camera's size, fps and colour order; empty for files
+
+
+def read_one_frame(camera: CameraConfig) -> OneFrame:
+    """Open ``camera.source``, read one frame (from a camera: a fresh one), close it again."""
+    source = open_source(camera)
+    source.open()
+    try:
+        frame = source.read()
+    finally:
+        source.close()
+    if frame is None:
+        raise SourceError(f"{source.description}: no frame")
+    info = getattr(source, "info", None)
+    return OneFrame(frame, source.description, info.describe() if info is not None else "")

@@ -12,7 +12,7 @@ from agent.frames import Frame
 
 
 class FrameSource(Protocol):
-    """Where frames come from: a folder, a file, later a camera or a stream."""
+    """Where frames come from: a folder, a file, a camera or a stream."""
 
     live: bool  # True for cameras/streams (only the newest frame matters); False for files
     description: str  # safe for logs (no credentials)
@@ -39,8 +39,12 @@ class FrameCounter:
 
     def stamp(self, rgb: np.ndarray, origin: str) -> Frame:
         """Wrap ``rgb`` as the next Frame, captured now."""
+        return self.stamp_at(rgb, origin, time.time())
+
+    def stamp_at(self, rgb: np.ndarray, origin: str, captured_at: float) -> Frame:
+        """Wrap ``rgb`` as the next Frame, captured at ``captured_at`` (epoch seconds)."""
         self.seq += 1
-        return Frame(rgb=rgb, seq=self.seq, captured_at=time.time(), origin=origin)
+        return Frame(rgb=rgb, seq=self.seq, captured_at=captured_at, origin=origin)
 
 
 def redact(source: str) -> str:
