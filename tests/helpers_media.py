@@ -18,8 +18,10 @@ GREEN = (0, 255, 0)
 BLUE = (0, 0, 255)
 WHITE = (255, 255, 255)
 
-# Containers this OpenCV build can both write and read back (avc1/h264 has no encoder here).
-VIDEO_FORMATS = [("MJPG", ".avi"), ("mp4v", ".mp4")]
+# Codecs and containers this OpenCV build can both write and read back (avc1/h264 and Theora have no
+# encoder in pip's wheel): motion JPEG, MPEG-4 part 2, Xvid, and lossless FFV1 and HuffYUV.
+VIDEO_FORMATS = [("MJPG", ".avi"), ("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".mkv"), ("FFV1", ".mkv"),
+                 ("mp4v", ".mov"), ("HFYU", ".avi")]
 
 
 def quadrants(height: int = 64, width: int = 64) -> np.ndarray:
