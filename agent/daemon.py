@@ -15,10 +15,12 @@ from agent.config import Config
 from agent.encode import PixelEncoder
 from agent.errors import (
     EXIT_CONFIG,
+    EXIT_FAILURE,
     EXIT_OK,
     EXIT_UNAVAILABLE,
     AgentError,
     BadReplyError,
+    CameraStalled,
     FrameDecodeError,
     PublishError,
     ServerError,
@@ -93,14 +95,21 @@ class Agent:
             if self.model is None:
                 return EXIT_OK  # stopped while waiting for the server
             self.source = open_source(self.config.camera)
-            self.source.open()
+            call_unless_stopped(self.source.open, self.stop)  # opening a stream can take camera.timeout_s
+        except Stopped:
+            return EXIT_OK
         except (ServerError, SourceUnavailable) as exc:  # transient server errors are waited out above
             return self.fail_start(exc)
         logger.info("running device=%s source=%s model=%s %s", self.config.device.id, self.source.description,
                     self.config.server.model, self.model.describe())
         self.health.status = Status.RUNNING
         self.reporter.publish()
-        self.loop(self.source)
+        try:
+            self.loop(self.source)
+        except CameraStalled as exc:
+            self.record_error(exc, logging.ERROR)
+            logger.error("exiting so that systemd restarts the agent: only a new process recovers a stuck camera")
+            return EXIT_FAILURE
         return EXIT_OK
 
     def loop(self, source: FrameSource) -> None:
@@ -110,7 +119,8 @@ class Agent:
         while not self.stop.is_set():
             try:
                 # In a helper thread: a read that blocks (a named pipe with no writer, a dead device)
-                # must not hold SIGTERM; it also feeds no watchdog, so a hang still trips it.
+                # must not hold SIGTERM. A file read that hangs feeds no watchdog, so it trips it; a
+                # camera read is bounded by camera.timeout_s, and a camera stuck for good ends the run.
                 frame = retry_frame or call_unless_stopped(lambda: self.next_frame(source), self.stop)
             except Stopped:
                 break
@@ -150,6 +160,8 @@ class Agent:
             self.record_error(exc, logging.WARNING)
             self.pause_after_failures()
             return
+        if isinstance(exc, CameraStalled):
+            raise exc  # feeding the watchdog on would keep a wedged camera running for ever
         self.health.camera_ok = False
         self.record_error(exc, logging.ERROR)
         if source.live:
@@ -242,6 +254,8 @@ class Agent:
 
     def fail_start(self, exc: AgentError) -> int:
         logger.error("cannot start: %s", exc)
+        if isinstance(exc, SourceError):
+            self.health.camera_ok = False
         self.health.record_error(exc.kind, str(exc))
         self.reporter.publish()
         return EXIT_UNAVAILABLE

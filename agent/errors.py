@@ -4,6 +4,7 @@ AgentError
  ├── ConfigError              bad configuration (exit 78)
  ├── SourceError              a frame source failed (open/read/decode)
  │    ├── SourceUnavailable   the device or file is missing at start (exit 69)
+ │    ├── CameraStalled       a camera call never returns: the run ends (exit 1) for systemd to restart it
  │    └── FrameDecodeError    one frame/file could not be decoded (skipped, counted)
  ├── ServerError              TF Serving request failed
  │    ├── TransientServerError   connection refused/reset, timeout, 429/502/503/504: retried
@@ -41,6 +42,10 @@ class SourceError(AgentError):
 
 class SourceUnavailable(SourceError):
     kind = "source_unavailable"
+
+
+class CameraStalled(SourceError):
+    kind = "camera_stalled"
 
 
 class FrameDecodeError(SourceError):

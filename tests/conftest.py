@@ -237,5 +237,15 @@ def predict_paths(server: DevServer) -> list[str]:
     return [r.path for r in server.recorded() if r.path.endswith(":predict")]
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll a condition nothing signals (a capture thread's state); True as soon as it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def first_line_with(text: str, needle: str) -> str | None:
     return next((line for line in text.splitlines() if needle in line), None)

@@ -18,10 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from conftest import wait_until
 from helpers_media import BLUE, RED, quadrant_colours, quadrants
 
 from agent.config import CameraConfig
-from agent.errors import SourceError, SourceUnavailable
+from agent.errors import CameraStalled, SourceError, SourceUnavailable
 from agent.sources import open_source
 from agent.sources.live import CameraInfo, LiveSource, Reconnect
 from agent.sources.opencv_cam import (
@@ -45,7 +46,8 @@ class ScriptedCamera:
         self.interval = 1.0 / fps
         self.grabbed = 0  # frame number of the last grab
         self.decoded = 0  # retrieve() calls: decoding is the expensive part
-        self.opens = self.closes = 0
+        self.opens = self.closes = self.released = 0
+        self.open_times: list[float] = []
         self.fail = False  # grabs raise (stream cut)
         self.refuse = False  # opens raise (camera still gone)
         self.hang = threading.Event()  # grabs block while set… until cleared
@@ -56,6 +58,7 @@ class ScriptedCamera:
         if self.refuse:
             raise SourceError("scripted camera: refused")
         self.opens += 1
+        self.open_times.append(time.monotonic())
         return CameraInfo(64, 48, 1 / self.interval, "RGB")
 
     def grab(self) -> None:
@@ -76,6 +79,10 @@ class ScriptedCamera:
     def close(self) -> None:
         self.closes += 1
 
+    def release(self) -> None:
+        self.released += 1
+        self.close()
+
 
 @pytest.fixture
 def scripted() -> ScriptedCamera:
@@ -86,15 +93,6 @@ def live_over(camera: Any, timeout_s: float = 2.0) -> LiveSource:
     source = LiveSource(camera, timeout_s=timeout_s, reconnect=FAST)
     source.open()
     return source
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # --- the capture thread ------------------------------------------------------------------------------
@@ -202,18 +200,92 @@ def test_close_stops_the_thread_and_releases_the_camera(scripted: ScriptedCamera
         source.read()
 
 
-def test_a_library_bug_in_the_camera_is_logged_and_reported_not_swallowed(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(ScriptedCamera):
-        def grab(self) -> None:
-            raise ZeroDivisionError("inside the driver")
+def test_a_library_exception_is_a_camera_failure_that_is_reported_and_recovered_from() -> None:
+    class Flaky(ScriptedCamera):
+        broken = True
 
-    source = live_over(Broken(), timeout_s=0.3)
+        def grab(self) -> None:
+            if self.broken:
+                raise ZeroDivisionError("inside the driver")
+            super().grab()
+
+    camera = Flaky()
+    source = live_over(camera, timeout_s=0.3)
     try:
-        with caplog.at_level(logging.ERROR), pytest.raises(SourceError, match="capture thread failed: ZeroDivision"):
+        assert wait_until(lambda: source.camera_error is not None)
+        with pytest.raises(SourceError, match="scripted camera: ZeroDivisionError: inside the driver"):
             source.read()
-        assert "capture thread failed" in caplog.text
+        camera.broken = False
+        assert source.read() is not None  # the thread survived it and reopened the camera
+        assert source.reopened == 1
     finally:
         source.close()
+
+
+def test_a_camera_call_that_never_returns_is_reported_as_a_stall(scripted: ScriptedCamera) -> None:
+    source = live_over(scripted, timeout_s=0.2)
+    source.stall_after_s = 0.5  # 20 s in real life: longer than any device timeout
+    try:
+        scripted.hang.set()
+        assert scripted.hanging.wait(5)
+        with pytest.raises(SourceError) as first:
+            source.read()
+        assert not isinstance(first.value, CameraStalled)  # a slow camera is only down at first
+        time.sleep(0.5)
+        with pytest.raises(CameraStalled, match="a call into the camera has not returned for"):
+            source.read()
+    finally:
+        scripted.hang.clear()
+        source.close()
+
+
+def test_the_reopen_back_off_grows_while_a_camera_opens_but_delivers_nothing(scripted: ScriptedCamera) -> None:
+    source = live_over(scripted, timeout_s=0.5)
+    source.reconnect = Reconnect(initial_s=0.02, max_s=0.32)
+    try:
+        scripted.fail = True  # opens succeed, every grab fails: an RTSP camera at its session limit
+        assert wait_until(lambda: scripted.opens >= 6)
+        gaps = [b - a for a, b in zip(scripted.open_times[1:], scripted.open_times[2:])]
+        assert gaps[3] >= 4 * 0.02, f"back-off did not grow: {gaps}"  # 0.02, 0.04, 0.08, 0.16…
+        assert source.reopened == 0  # opening is not recovering: no frame came
+    finally:
+        source.close()
+
+
+def test_a_live_source_is_opened_once(scripted: ScriptedCamera) -> None:
+    source = live_over(scripted)
+    source.close()
+    with pytest.raises(SourceError, match="opened only once"):
+        source.open()
+
+
+def test_a_close_during_a_slow_open_releases_the_camera_and_starts_no_thread() -> None:
+    class SlowOpen(ScriptedCamera):
+        go = threading.Event()
+
+        def open(self) -> CameraInfo:
+            self.go.wait(5)
+            return super().open()
+
+    camera = SlowOpen()
+    source = LiveSource(camera, timeout_s=1, reconnect=FAST)
+    before = threading.active_count()
+    outcome: list[BaseException] = []
+    opener = threading.Thread(target=lambda: _capture_error(source.open, outcome))
+    opener.start()
+    source.close()  # SIGTERM while the camera is still opening
+    camera.go.set()
+    opener.join(5)
+    assert outcome and "closed while opening" in str(outcome[0])
+    assert camera.released == 1
+    assert threading.active_count() == before
+
+
+def _capture_error(call: Any, errors: list) -> None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test's thread
+        errors.append(exc)
 
 
 def test_a_camera_missing_at_start_is_unavailable_not_retried() -> None:
@@ -343,21 +415,24 @@ class FakeArgus:
     """Real cv2 for everything, except that a GStreamer pipeline from nvarguscamerasrc captures from a fake
     sensor: the part that needs a Jetson. The frames are the quadrants test card in the pipeline's BGR."""
 
-    def __init__(self, wedged: bool = False):
-        self.wedged = wedged
+    def __init__(self, wedged: bool = False, version: str = "4.8.0"):  # JetPack 6's OpenCV
+        self.wedged, self.version = wedged, version
         self.pipelines: list[str] = []
+        self.params: list[list[int] | None] = []
         self.released = 0
 
     def module(self) -> types.ModuleType:
         fake = types.ModuleType("cv2")
         fake.__dict__.update({k: getattr(cv2, k) for k in dir(cv2) if not k.startswith("__")})
+        fake.__version__ = self.version
         fake.getBuildInformation = lambda: "  Video I/O:\n    GStreamer:                   YES (1.20.3)\n"
         fake.VideoCapture = self.capture
         return fake
 
-    def capture(self, pipeline: str, api: int) -> Any:
+    def capture(self, pipeline: str, api: int, params: list[int] | None = None) -> Any:
         assert api == cv2.CAP_GSTREAMER
         self.pipelines.append(pipeline)
+        self.params.append(params)
         argus = self
 
         class Capture:
@@ -395,7 +470,20 @@ def test_csi_frames_arrive_as_rgb_through_the_gstreamer_pipeline(monkeypatch: py
         source.close()
     assert tuple(colours["top_left"]) == RED and tuple(colours["bottom_left"]) == BLUE
     assert argus.pipelines == [csi_pipeline(0, 128, 72, 30)]
+    assert argus.params == [[cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000]]
     assert argus.released == 1  # Argus is left wedged by a capture that is never released
+
+
+def test_csi_on_an_opencv_older_than_4_7_opens_without_timeouts_it_would_refuse(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    argus = FakeArgus(version="4.5.4")  # JetPack 5: its GStreamer backend refuses unknown open parameters
+    monkeypatch.setitem(sys.modules, "cv2", argus.module())
+    source = open_source(CameraConfig(source="csi://0"))
+    with caplog.at_level(logging.WARNING):
+        source.open()
+    source.close()
+    assert argus.params == [None]
+    assert "cannot set capture timeouts" in caplog.text
 
 
 def test_a_wedged_argus_daemon_is_reported_with_the_restart_fix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,17 +10,19 @@ import importlib
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, agent_config, run_agent, start_agent
+from conftest import REPO, agent_command, agent_config, run_agent, start_agent, wait_until
 from helpers_media import BLUE, GREEN, RED, WHITE, quadrant_colours
+from PIL import Image
 
 from agent.config import CameraConfig, ReconnectConfig
 from agent.errors import SourceError, SourceUnavailable
@@ -70,16 +72,6 @@ def opened_source(config: CameraConfig) -> Iterator[LiveSource]:
 def one_frame(camera: Picamera2Camera) -> np.ndarray:
     camera.grab()
     return camera.retrieve()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll a condition nothing signals (a capture thread's state); True as soon as it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def assert_quadrants(rgb: np.ndarray, top_left: tuple, top_right: tuple, bottom_left: tuple,
@@ -359,3 +351,35 @@ def test_agent_without_a_camera_exits_69_saying_no_camera_found(tmp_path: Path, 
 
     assert proc.returncode == 69, proc.stderr
     assert "no camera found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_check_reads_one_picamera2_frame_and_prints_size_rate_and_colour_order(tmp_path: Path, devserver, broker,
+                                                                               monkeypatch):
+    fake_environment(monkeypatch)
+    config = agent_config(tmp_path, source="picamera2", server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"capture_fps": 15})
+
+    done = subprocess.run(agent_command("check", "--config", str(config)), capture_output=True, text=True,
+                          timeout=60)
+
+    line = next((line for line in done.stdout.splitlines() if "source:" in line), "")
+    assert line.startswith("✓ source: picamera2 camera 0: first frame 320x240"), done.stdout + done.stderr
+    assert '320x240, 15 fps; colour: picamera2 "BGR888" (R,G,B bytes), used as RGB' in line
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("swap_rb", "top_left"), [(False, RED), (True, BLUE)])
+def test_snapshot_from_picamera2_shows_red_where_the_sensor_sees_red(tmp_path: Path, monkeypatch, swap_rb, top_left):
+    fake_environment(monkeypatch)
+    config = agent_config(tmp_path, source="picamera2", server_url="http://127.0.0.1:9", mqtt_port=1,
+                          camera={"swap_rb": swap_rb}, model={"size": [150, 150]})
+    out = tmp_path / "seen.png"
+
+    done = subprocess.run(agent_command("snapshot", "--config", str(config), str(out)), capture_output=True,
+                          text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "from a 320x240 frame of picamera2 camera 0" in done.stdout
+    with Image.open(out) as saved:
+        colours = quadrant_colours(np.asarray(saved.convert("RGB")))
+    assert tuple(colours["top_left"]) == top_left

@@ -18,16 +18,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 
-from agent.errors import SourceError
+from agent.errors import CameraStalled, SourceError
 from agent.frames import Frame
 from agent.pacing import backoff_s
 from agent.sources.base import FrameCounter
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,7 @@ class CameraInfo:
 
 
 class Camera(Protocol):
-    """One capture device at the outermost edge (an OpenCV capture, picamera2); used by one thread only.
-
-    Optional ``release()``: when present, the capture thread calls it instead of ``close()`` when the source
-    is done; ``close()`` then only has to stop the device so that ``open()`` can restart it on a reconnect.
-    """
+    """One capture device at the outermost edge (an OpenCV capture, picamera2); used by one thread only."""
 
     description: str  # safe for logs (no credentials)
 
@@ -63,7 +61,10 @@ class Camera(Protocol):
         """The last grabbed frame as RGB uint8 HxWx3 (colour order and swap_rb applied); SourceError on failure."""
 
     def close(self) -> None:
-        """Release the device; safe to call more than once and after a failed open."""
+        """Let go of the device after a failure, ready to open() again; safe to call more than once."""
+
+    def release(self) -> None:
+        """Let go of the device for good (for picamera2 more than close(): re-creating it leaks memory)."""
 
 
 @dataclass(frozen=True)
@@ -79,19 +80,23 @@ class LiveSource:
 
     ``read()`` waits at most ``timeout_s`` for a frame; without one it raises SourceError with the
     reason (the camera's last error), so the loop can report ``camera_ok: false`` while this thread
-    keeps trying to reopen the device.
+    keeps trying to reopen the device. A device call that never returns (a wedged driver) cannot be
+    recovered in-process: after ``stall_after_s`` reads raise CameraStalled, and the agent exits for
+    systemd to restart it. A LiveSource is opened once and closed once.
     """
 
     live = True
     CLOSE_WAIT_S = 2.0
+    STALL_MIN_S = 20.0  # V4L2 waits 10 s in select(), older GStreamer builds 30 s or more
 
     def __init__(self, camera: Camera, *, timeout_s: float = 5.0, reconnect: Reconnect | None = None):
         self.camera = camera
         self.description = camera.description
         self.timeout_s = timeout_s
+        self.stall_after_s = max(3 * timeout_s, self.STALL_MIN_S)
         self.reconnect = reconnect or Reconnect()
         self.info: CameraInfo | None = None
-        self.reopened = 0  # successful reopenings after a failure, for tests and the log
+        self.reopened = 0  # recoveries after a failure (frames flow again), for tests and the log
         self._counter = FrameCounter()
         self._cond = threading.Condition()
         # read() asks (asked += 1); the thread answers with the next frame it grabs. A frame decoded
@@ -100,23 +105,36 @@ class LiveSource:
         self._answered = 0
         self._latest: Frame | None = None
         self._error: str | None = None  # why the camera is down; None while frames flow
+        self._busy_since: float | None = None  # monotonic start of the device call in progress
         self._closing = False
         self._thread: threading.Thread | None = None
 
     def open(self) -> None:
         """Open the camera now (SourceUnavailable at start means exit 69), then start the capture thread."""
+        with self._cond:
+            if self._closing or self._thread is not None:
+                raise SourceError(f"{self.description}: a camera source is opened only once")
         try:
-            self.info = self.camera.open()
+            info = self.camera.open()
         except BaseException:
-            self.camera.close()  # whatever the failed open acquired
+            self._release()  # whatever the failed open acquired
             raise
-        logger.info("source opened kind=camera source=%s %s", self.description, self.info.describe())
-        self._closing = False
-        self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
-        self._thread.start()
+        with self._cond:
+            closed_meanwhile = self._closing  # a stop during start-up abandoned this open
+            if not closed_meanwhile:
+                self.info = info
+                self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
+                self._thread.start()
+        if closed_meanwhile:
+            self._release()
+            raise SourceError(f"{self.description}: closed while opening")
+        logger.info("source opened kind=camera source=%s %s", self.description, info.describe())
 
     def read(self) -> Frame:
-        """The newest frame, captured after the previous one handed out; SourceError after ``timeout_s``."""
+        """The newest frame, captured after the previous one handed out; SourceError after ``timeout_s``.
+
+        Raises CameraStalled when the capture thread is stuck in one device call or has ended.
+        """
         deadline = time.monotonic() + self.timeout_s
         with self._cond:
             self._asked += 1
@@ -124,7 +142,7 @@ class LiveSource:
             while self._answered != self._asked:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing:
-                    raise SourceError(self._no_frame_reason())
+                    raise self._no_frame_error()
                 self._cond.wait(left)
             assert self._latest is not None
             return self._latest
@@ -134,7 +152,7 @@ class LiveSource:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        thread, self._thread = self._thread, None
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             # A grab normally returns within one frame interval and the thread then releases the
             # camera. One stuck in a read timeout is left to the (daemon) thread rather than released
@@ -148,11 +166,29 @@ class LiveSource:
         """Why the camera is down right now, or None while frames flow."""
         return self._error
 
-    def _no_frame_reason(self) -> str:
+    def stall(self) -> str | None:
+        """Why capture cannot recover in this process (a call that never returns, a dead thread), or None."""
+        busy_since, thread = self._busy_since, self._thread
+        if busy_since is not None and time.monotonic() - busy_since > self.stall_after_s:
+            return f"a call into the camera has not returned for {time.monotonic() - busy_since:.0f} s"
+        if thread is not None and not thread.is_alive() and not self._closing:
+            return f"the capture thread has ended ({self._error or 'no reason recorded'})"
+        return None
+
+    def _no_frame_error(self) -> SourceError:
         if self._closing:
-            return f"{self.description}: closed"
+            return SourceError(f"{self.description}: closed")
+        stall = self.stall()
+        if stall is not None:
+            return CameraStalled(f"{self.description}: {stall}; the agent must restart to recover it")
         reason = self._error or "the camera delivers no frames"
-        return f"{self.description}: no frame for {self.timeout_s:g} s: {reason}"
+        return SourceError(f"{self.description}: no frame for {self.timeout_s:g} s: {reason}")
+
+    def _release(self) -> None:
+        try:
+            self.camera.release()
+        except Exception as exc:  # a driver failing to let go must not hide why we let go
+            logger.warning("camera release failed source=%s: %s", self.description, exc)
 
     # --- the capture thread -----------------------------------------------------------------------
 
@@ -162,52 +198,70 @@ class LiveSource:
         down_since: float | None = None
         try:
             while not self._closing:
-                if not opened:
-                    try:
-                        self.info = self.camera.open()
-                    except SourceError as exc:
-                        failures += 1
-                        self._failed(exc, failures)
-                        continue
-                    opened, failures = True, 0
-                    self.reopened += 1
-                    logger.info("camera reopened source=%s after_s=%.1f %s", self.description,
-                                time.monotonic() - (down_since or time.monotonic()), self.info.describe())
                 try:
+                    if not opened:
+                        self.info = self._device_call(self.camera.open)
+                        opened = True
                     self._take_frame()
                 except SourceError as exc:
-                    self.camera.close()
+                    if opened:
+                        self._device_call(self.camera.close, quiet=True)
                     opened = False
                     failures += 1
-                    if down_since is None:
-                        down_since = time.monotonic()
+                    down_since = down_since or time.monotonic()
                     self._failed(exc, failures)
                     continue
-                if self._error is not None:
-                    self._error, down_since = None, None
-        except Exception as exc:  # a library bug must not kill capture silently
+                if self._error is not None:  # the first frame after an outage: only now is it back
+                    self._recovered(down_since or time.monotonic(), failures)
+                    failures, down_since = 0, None
+        except Exception as exc:  # our own bug: logged, and read() reports the thread as ended
             logger.exception("capture thread failed source=%s: %s", self.description, exc)
-            self._error = f"capture thread failed: {type(exc).__name__}: {exc}"
+            self._error = f"{type(exc).__name__}: {exc}"
         finally:
-            # close() only stops a camera that reopens by restarting one device object (picamera2, where
-            # re-creating it leaks memory); such a camera has release() to let go of it for good.
-            getattr(self.camera, "release", self.camera.close)()
+            self._release()
+
+    def _device_call(self, call: Callable[[], T], quiet: bool = False) -> T | None:
+        """``call()`` into the camera, timed for stall detection; any library exception becomes a SourceError."""
+        self._busy_since = time.monotonic()
+        try:
+            return call()
+        except Exception as exc:  # cv2.error, a driver's RuntimeError…: a camera failure like any other
+            if quiet:
+                logger.debug("camera call failed source=%s: %s", self.description, exc)
+                return None
+            if isinstance(exc, SourceError):
+                raise
+            raise SourceError(f"{self.description}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._busy_since = None
 
     def _take_frame(self) -> None:
-        self.camera.grab()
+        self._device_call(self.camera.grab)
         captured_at = time.time()  # the grab is the capture; decoding later does not make it newer
         with self._cond:
             request = self._asked
         if request == self._answered:
             return  # nobody waits: the frame is dropped undecoded
-        rgb = self.camera.retrieve()
+        rgb = self._device_call(self.camera.retrieve)
+        assert rgb is not None
         with self._cond:
             self._latest = self._counter.stamp_at(rgb, self.description, captured_at)
             self._answered = request
             self._cond.notify_all()
 
+    def _recovered(self, down_since: float, attempts: int) -> None:
+        self.reopened += 1
+        self._error = None
+        info = self.info.describe() if self.info else ""
+        logger.info("camera reopened source=%s after_s=%.1f attempts=%d %s", self.description,
+                    time.monotonic() - down_since, attempts, info)
+
     def _failed(self, exc: SourceError, failures: int) -> None:
-        """Record why the camera is down and wait before the next attempt (ends early on close)."""
+        """Record why the camera is down and wait before the next attempt (ends early on close).
+
+        The back-off grows until a frame arrives, not merely until an open succeeds: a camera that
+        accepts and then drops at once (an RTSP camera at its session limit) must not be hammered.
+        """
         if self._error is None:
             logger.warning("camera lost source=%s, reconnecting: %s", self.description, exc)
         else:

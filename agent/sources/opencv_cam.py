@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -57,7 +57,7 @@ class OpenCVCamera:
     flip: str = "none"  # done in software here; CSI flips in hardware and passes "none"
     colour: str = "BGR from OpenCV, converted to RGB"
     hint: str = ""  # appended to read failures: what the user can do about this kind of device
-    _capture: Any = None
+    _capture: Any = field(default=None, init=False, repr=False)
 
     def open(self) -> CameraInfo:
         cv2 = import_cv2()
@@ -84,6 +84,42 @@ class OpenCVCamera:
         if capture is not None:
             capture.release()
 
+    release = close  # an OpenCV capture reopens from scratch: nothing more to let go of for good
+
+
+def capture_with_timeouts(cv2: Any, target: str, api: int, timeout_s: float) -> Any:
+    """``cv2.VideoCapture(target, api)`` with open and read timeouts where this OpenCV's backend takes them.
+
+    Without them an unreachable camera or a cut stream blocks a read for 30-90 s (FFmpeg), and a wedged
+    Argus blocks a GStreamer read for 30 s or for ever.
+    """
+    params = timeout_params(cv2, api, timeout_s)
+    if params is None:
+        logger.warning("OpenCV %s cannot set capture timeouts for this camera: a failing one may block a read "
+                       "for 30 s or more", getattr(cv2, "__version__", "?"))
+        return cv2.VideoCapture(target, api)
+    return cv2.VideoCapture(target, api, params)
+
+
+def timeout_params(cv2: Any, api: int, timeout_s: float) -> list[int] | None:
+    """The open parameters for both timeouts, or None where passing them would make the open fail.
+
+    FFmpeg takes them wherever the properties exist; GStreamer since 4.7 (JetPack 6 has 4.8), and an
+    older backend refuses to open with parameters it does not know (JetPack 5's 4.5).
+    """
+    if not hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+        return None
+    if api == cv2.CAP_GSTREAMER and opencv_version(cv2) < (4, 7):
+        return None
+    milliseconds = int(timeout_s * 1000)
+    return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds]
+
+
+def opencv_version(cv2: Any) -> tuple[int, int]:
+    """(major, minor) of the cv2 module; (0, 0) when it does not say."""
+    match = re.match(r"(\d+)\.(\d+)", getattr(cv2, "__version__", ""))
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
 
 def _opened(capture: Any, problem: str) -> Any:
     """``capture`` when OpenCV opened it; otherwise release it and raise SourceUnavailable(problem)."""
@@ -98,17 +134,9 @@ def _opened(capture: Any, problem: str) -> Any:
 def stream_camera(camera: CameraConfig) -> OpenCVCamera:
     """rtsp://, rtsps://, http:// (MJPEG) and https:// cameras through OpenCV's FFmpeg backend."""
     url, shown = camera.source.strip(), redact(camera.source.strip())
-    timeout_ms = int(camera.timeout_s * 1000)
 
     def opener(cv2: Any) -> Any:
-        # Without both timeouts an unreachable camera or a cut stream blocks a read for 30-90 s.
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-        try:
-            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
-        except TypeError:  # OpenCV < 4.5.2 (Pi OS bullseye's 4.5.1) has no open parameters
-            logger.warning("this OpenCV (%s) cannot set stream timeouts: a cut stream may block a read for "
-                           "up to 30 s", cv2.__version__)
-            capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        capture = capture_with_timeouts(cv2, url, cv2.CAP_FFMPEG, camera.timeout_s)
         return _opened(capture, f"{shown}: cannot open the stream (unreachable, wrong path or credentials, or "
                                 f"not a video stream; waited up to {camera.timeout_s:g} s)")
 
@@ -223,7 +251,7 @@ def csi_camera(camera: CameraConfig) -> OpenCVCamera:
         if missing is not None:
             raise SourceUnavailable(NO_GSTREAMER.format(n=sensor, where=missing))
         logger.debug("csi pipeline=%s", pipeline)
-        return _opened(cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER),
+        return _opened(capture_with_timeouts(cv2, pipeline, cv2.CAP_GSTREAMER, camera.timeout_s),
                        f"csi://{sensor}: the GStreamer pipeline did not start: {ARGUS_HINT}")
 
     # The flip is done by nvvidconv in hardware, so none is left for software.
