@@ -97,6 +97,12 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    max_messages: int = field(default=10_000, metadata=doc(
+        "results kept on disk while the broker is away; beyond it the oldest are dropped (counted)"))
+
+
+@dataclass(frozen=True)
 class MqttConfig:
     host: str = field(metadata=doc("broker host name or address", required=True))
     port: int = field(default=1883, metadata=doc("broker port (8883 is usual for TLS)"))
@@ -108,6 +114,7 @@ class MqttConfig:
     tls: Optional[TlsConfig] = field(default=None, metadata=doc("TLS settings; present = TLS on"))
     keepalive: int = field(default=60, metadata=doc("MQTT keepalive (seconds)"))
     state_interval_s: float = field(default=30.0, metadata=doc("retained state is refreshed at least this often"))
+    outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata=doc("the durable store of results"))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from agent.config import (
     DeviceConfig,
     ModelConfig,
     MqttConfig,
+    OutboxConfig,
     ReconnectConfig,
     RetryConfig,
     ServerConfig,
@@ -368,6 +369,12 @@ def check_tls_key_needs_cert(tls: TlsConfig, walk: Walk) -> None:
                   involves=(("mqtt", "tls", "certfile"),))
 
 
+def check_outbox_bound(outbox: OutboxConfig, walk: Walk) -> None:
+    """The outbox holds at least one result and at most what a small SD card should carry (~300 B each)."""
+    if not 1 <= outbox.max_messages <= 10_000_000:
+        walk.rule(("mqtt", "outbox", "max_messages"), f"must be 1 to 10000000 (got {outbox.max_messages})")
+
+
 RULES: dict[KeyPath, tuple[Callable[[Any, Walk], None], ...]] = {
     ("device",): (check_device_id,),
     ("camera",): (check_camera_fps, check_capture_size, check_camera_timing),
@@ -379,4 +386,5 @@ RULES: dict[KeyPath, tuple[Callable[[Any, Walk], None], ...]] = {
     ("mqtt",): (check_mqtt_host, check_mqtt_port, check_mqtt_qos, check_mqtt_keepalive, check_topic_prefix,
                 check_state_interval, check_password_needs_username),
     ("mqtt", "tls"): (check_tls_key_needs_cert,),
+    ("mqtt", "outbox"): (check_outbox_bound,),
 }

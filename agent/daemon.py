@@ -33,6 +33,7 @@ from agent.health import FAILED_FRAMES_DEGRADED, Health, Status
 from agent.logsetup import RepeatFilter
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
+from agent.outbox import Outbox, OutboxError
 from agent.pacing import Pacer, Stopped, StopSignal, backoff_s, call_unless_stopped
 from agent.result import Result
 from agent.sdnotify import Notifier
@@ -52,10 +53,14 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     health = Health(config.device.id, config.server.model, config.server.label)
     serving = make_serving_client(config, stop)
     try:
+        outbox = open_outbox(config)
         publisher = Publisher(config.mqtt, Topics.for_device(config.mqtt.topic_prefix, config.device.id),
-                              config.client_id).start()
+                              config.client_id, outbox=outbox).start()
     except (PublishError, OSError) as exc:
         logger.error("mqtt setup failed: %s", exc)
+        return EXIT_CONFIG
+    except OutboxError as exc:
+        logger.error("%s", exc)
         return EXIT_CONFIG
     notifier = Notifier()
     half_period = notifier.watchdog_interval
@@ -86,6 +91,8 @@ class Agent:
         self.repeats = RepeatFilter()
         self.next_refresh = time.monotonic() + config.server.refresh_s
         self.camera_failures = 0
+        # Frame numbers go on from the last run's: subscribers dedupe on device + frame.
+        self.frame_base = publisher.outbox.last_frame if publisher.outbox is not None else 0
         serving.on_retry = heartbeat.progress  # a retry is a decision taken: the loop is alive
 
     def run(self) -> int:
@@ -205,9 +212,10 @@ class Agent:
         reply = call_unless_stopped(lambda: self.serving.predict(body), self.stop)
         classification = model.classification(reply, self.config.model.labels, self.config.model.threshold)
         latency_ms = (time.time() - frame.captured_at) * 1000.0
-        logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", frame.seq, frame.origin,
+        number = self.frame_base + frame.seq
+        logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", number, frame.origin,
                      classification.label, classification.score, latency_ms)
-        return Result(self.config.device.id, self.config.server.model, model.version, frame.seq,
+        return Result(self.config.device.id, self.config.server.model, model.version, number,
                       frame.captured_at, classification, latency_ms, frame.origin)
 
     def skip_frame(self, frame: Frame, exc: ServerError | Stopped) -> None:
@@ -282,10 +290,11 @@ class Agent:
         if self.source is not None:
             self.source.close()
         self.serving.close()
-        left = self.publisher.pending()
         delivered = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
         if not delivered:
-            logger.warning("exiting with unacknowledged messages count=%d (broker unreachable)", left)
+            kept = len(self.publisher.outbox) if self.publisher.outbox is not None else 0
+            logger.warning("exiting before the broker acknowledged everything: %d results kept in the outbox "
+                           "for the next run", kept)
         logger.info("stopped %s", self.health.summary())
 
     def wait_for_acks(self) -> None:
@@ -298,6 +307,17 @@ class Agent:
             if time.monotonic() >= next_log:
                 next_log += 30.0
                 logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
+
+
+def open_outbox(config: Config) -> Outbox | None:
+    """The durable outbox in state_dir; None with QoS 0, where nothing acknowledges a result."""
+    if config.mqtt.qos == 0:
+        return None
+    outbox = Outbox(config.state_dir, config.mqtt.outbox.max_messages)
+    if len(outbox):
+        logger.info("outbox holds results from an earlier run count=%d path=%s; they go first", len(outbox),
+                    outbox.path)
+    return outbox
 
 
 def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:

@@ -73,6 +73,8 @@ class LocalBroker:
         self.conf = self.workdir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {'false' if users else 'true'}",
                  f"persistence {'true' if persistence else 'false'}",
+                 # Saved after every change, so that even a SIGKILLed broker keeps sessions and queued messages.
+                 "autosave_on_changes true", "autosave_interval 1",
                  f"persistence_location {self.workdir}/", "log_dest stderr", "log_type error",
                  "log_type warning",
                  # Started as root, mosquitto would switch to user "mosquitto", who cannot read our temp dir.

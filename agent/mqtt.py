@@ -3,6 +3,11 @@
 paho runs its network thread (``loop_start``); we never call ``wait_for_publish`` (it raises for
 messages queued while offline and can hang). Delivery is tracked by message id from ``on_publish``,
 which for QoS 1 fires on the broker's PUBACK.
+
+Results go through the durable outbox (``agent/outbox.py``): stored first, then handed to paho by one
+sender thread, in order, at most WINDOW at a time and only while connected, so paho's own memory
+never becomes a second, unbounded queue. paho resends what it holds after a reconnect by itself; the
+outbox forgets a result when its PUBACK arrives.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import MqttConfig
 from agent.errors import PublishError
 from agent.logsetup import OncePerWindow
+from agent.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
 
-# Results held in paho's memory while the broker is away (the durable outbox comes in a later release).
+# Messages paho may hold (state, availability, results without an outbox, i.e. QoS 0).
 MAX_QUEUED = 10_000
+# Results handed to paho at a time; below its in-flight limit (20), so all of them are on the wire.
+WINDOW = 10
 
 
 @dataclass(frozen=True)
@@ -53,14 +61,18 @@ def encode_payload(payload: dict) -> bytes:
 class Publisher:
     """A connected-when-possible MQTT client that knows which messages the broker has acknowledged."""
 
-    def __init__(self, cfg: MqttConfig, topics: Topics, client_id: str, *, announce: bool = True):
+    def __init__(self, cfg: MqttConfig, topics: Topics, client_id: str, *, announce: bool = True,
+                 outbox: Outbox | None = None):
         self.cfg = cfg
         self.topics = topics
         self.announce = announce  # False for `check`: no Last Will, no "online" (the device's agent owns those)
-        self.dropped = 0  # results paho refused because its queue was full (broker away too long)
-        self._lock = threading.Condition()  # guards the mid sets; notified on every acknowledgement
+        self.outbox = outbox  # None: results go straight to paho (QoS 0, or `check`)
+        self._dropped = 0  # results paho refused because its queue was full (no outbox)
+        self._lock = threading.Condition()  # guards the mid maps; notified on every acknowledgement and new result
         self._pending: set[int] = set()  # mids published but not yet acknowledged
+        self._in_flight: dict[int, int] = {}  # mid -> outbox id of the results handed to paho
         self._acked_early: set[int] = set()  # mids acknowledged before publish() returned them
+        self._sender: threading.Thread | None = None
         self._connected = threading.Event()
         self._retained_state: bytes | None = None
         self.refused: str | None = None  # the broker's reason when it refused our CONNECT
@@ -75,6 +87,9 @@ class Publisher:
         """Connect in the background; paho reconnects on its own with capped back-off."""
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
+        if self.outbox is not None:
+            self._sender = threading.Thread(target=self._send_outbox, name="mqtt-outbox", daemon=True)
+            self._sender.start()
         return self
 
     def wait_connected(self, timeout: float) -> bool:
@@ -94,16 +109,37 @@ class Publisher:
         delivered = self.pending() == 0
         # Always disconnect: paho's loop only ends on a disconnect once messages are queued, even on a
         # connection that never got its CONNACK. The join is bounded so a stuck network thread cannot hold us.
+        with self._lock:
+            self._lock.notify_all()  # the sender sees _stopping and ends
         self.client.disconnect()
         stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
         stopper.start()
         stopper.join(max(1.2, deadline - time.monotonic()))  # paho notices a stop within 1 s when idle
+        if self.outbox is not None:
+            self.outbox.close()  # what is left stays on disk for the next run
         return delivered
 
     # -- publishing -----------------------------------------------------------------------------
 
     def publish_result(self, payload: dict) -> None:
-        self._publish(self.topics.result, encode_payload(payload), retain=False)
+        """Store the result in the outbox (the sender publishes it), or publish it at once without one."""
+        data = encode_payload(payload)
+        if self.outbox is None:
+            self._publish(self.topics.result, data, retain=False)
+            return
+        try:
+            self.outbox.put(self.topics.result, data, int(payload.get("frame", 0)))
+        except OutboxError as exc:  # disk full or gone: better sent without a copy on disk than not at all
+            _QUEUE_LOGGER.error("%s; publishing results without the outbox meanwhile", exc)
+            self._publish(self.topics.result, data, retain=False)
+            return
+        with self._lock:
+            self._lock.notify_all()
+
+    @property
+    def dropped(self) -> int:
+        """Results dropped because the outbox (or paho's queue) was full."""
+        return self._dropped + (self.outbox.dropped if self.outbox is not None else 0)
 
     def publish_state(self, payload: dict) -> None:
         self._retained_state = encode_payload(payload)
@@ -114,15 +150,16 @@ class Publisher:
         self._publish(topic, payload, retain=retain)
 
     def pending(self) -> int:
-        """Messages handed to paho that the broker has not acknowledged yet."""
+        """Messages the broker has not acknowledged yet: results in the outbox, state and availability."""
         with self._lock:
-            return len(self._pending)
+            waiting = len(self._pending)
+        return waiting + (len(self.outbox) if self.outbox is not None else 0)
 
     def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None) -> bool:
         """Block until every published message is acknowledged, ``timeout`` passes or ``stop`` is set."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._pending:
+            while self._pending or (self.outbox is not None and len(self.outbox)):
                 if stop is not None and stop.is_set():
                     return False
                 left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
@@ -131,10 +168,32 @@ class Publisher:
                 self._lock.wait(left)  # woken by every acknowledgement; the cap re-checks ``stop``
             return True
 
+    def _send_outbox(self) -> None:
+        """The sender thread: hands the oldest results to paho, in order, while connected and the window has room.
+
+        paho is never called with our lock held: its network thread holds its own lock while it calls
+        on_publish, which takes ours.
+        """
+        assert self.outbox is not None
+        while not self._stopping:
+            with self._lock:
+                room = WINDOW - len(self._in_flight) if self.connected else 0
+                if room <= 0 or len(self.outbox) <= len(self._in_flight):
+                    self._lock.wait(0.5)  # woken by a new result, an acknowledgement or a connect
+                    continue
+            for entry in self.outbox.claim(room):
+                info = self.client.publish(entry.topic, entry.payload, qos=self.cfg.qos, retain=False)
+                with self._lock:
+                    if info.mid in self._acked_early:
+                        self._acked_early.discard(info.mid)
+                        self.outbox.ack(entry.id)
+                    else:
+                        self._in_flight[info.mid] = entry.id
+
     def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self.dropped += 1
+            self._dropped += 1
             _QUEUE_LOGGER.warning("mqtt queue full, dropping messages (broker away too long) limit=%d", MAX_QUEUED)
             return
         if self.cfg.qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
@@ -197,6 +256,8 @@ class Publisher:
             self._publish(self.topics.state, self._retained_state, retain=True)
         for hook in self.on_connect_hooks:
             hook()
+        with self._lock:
+            self._lock.notify_all()  # the outbox sender may go on
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self._connected.is_set() and not self._stopping:
@@ -215,11 +276,14 @@ class Publisher:
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._lock:
-            if mid in self._pending:
+            entry_id = self._in_flight.pop(mid, None)
+            if entry_id is not None and self.outbox is not None:
+                self.outbox.ack(entry_id)
+            elif mid in self._pending:
                 self._pending.discard(mid)
-                self._lock.notify_all()
             else:
                 self._acked_early.add(mid)
+            self._lock.notify_all()
 
 
 class _PahoNoise(OncePerWindow):

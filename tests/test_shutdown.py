@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -72,7 +73,9 @@ def test_sigterm_with_a_broker_that_never_answers_and_results_waiting(tmp_path, 
         # A predict that was answered: its result now waits for a broker that never acknowledges.
         assert devserver.wait_for_request(lambda r: r.path.endswith(":predict") and r.status == 200)
         assert_stops_within_5_s(agent)
-        assert "unacknowledged" in agent.stderr, "lost results are admitted in the log"
+        assert "results kept in the outbox for the next run" in agent.stderr
+        with sqlite3.connect(tmp_path / "state" / "outbox.sqlite3") as db:
+            assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] >= 1  # on disk, not lost
     finally:
         silent.close()
 

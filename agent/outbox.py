@@ -1,0 +1,179 @@
+"""The durable outbox: every result is on disk before it is published, until the broker acknowledges it.
+
+SQLite in WAL mode, in ``state_dir``. A result costs one small committed insert; acknowledgements are
+deleted in batches (at most once a second), because an SD card wears with every write and a result
+sent twice after a crash is harmless (subscribers dedupe on device + frame) while a lost one is not.
+``synchronous=FULL``: a committed result survives a power cut, the most common outage of a Pi.
+
+The outbox is bounded: beyond ``max_messages`` waiting results the oldest waiting one is dropped and
+counted (the count survives restarts). Rows handed to the MQTT client ("claimed", at most a small
+window of them) are never dropped: the broker may already have them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import AgentError
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "outbox.sqlite3"
+ACK_FLUSH_S = 1.0  # acknowledged rows are deleted in one transaction at most this often
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+                                   payload BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class OutboxError(AgentError):
+    """The outbox file cannot be created or written (state_dir missing, read-only, full)."""
+
+    kind = "outbox"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    """Results waiting for the broker's acknowledgement, oldest first; safe to use from two threads."""
+
+    def __init__(self, state_dir: str | Path, max_messages: int):
+        self.path = Path(state_dir) / FILE_NAME
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        self._db = self._connect()
+        self._count = self._scalar("SELECT COUNT(*) FROM outbox")
+        self.dropped = self._counter("dropped")
+        self.last_frame = self._counter("last_frame")  # frame numbers continue across restarts
+        self._claimed_up_to = 0  # rows with id <= this were handed to the MQTT client in this process
+        self._acked: list[int] = []
+        self._last_flush = time.monotonic()
+
+    def __len__(self) -> int:
+        """Results not yet acknowledged (waiting or in flight)."""
+        with self._lock:
+            return self._count - len(self._acked)
+
+    def put(self, topic: str, payload: bytes, frame: int) -> None:
+        """Store one result (one commit); drop the oldest waiting ones beyond the bound."""
+        with self._lock, self._write("store a result"):
+            self._db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                             (topic, payload, time.time()))
+            self._count += 1
+            if frame > self.last_frame:
+                self.last_frame = frame
+                self._set_counter("last_frame", frame)
+            excess = self._count - len(self._acked) - self.max_messages
+            if excess > 0:
+                self._drop_oldest_waiting(excess)
+
+    def claim(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` of the oldest results not handed out yet, now handed out (never dropped)."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                                    (self._claimed_up_to, limit)).fetchall()
+            if rows:
+                self._claimed_up_to = rows[-1][0]
+        return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
+
+    def unclaim_all(self) -> None:
+        """Hand everything unacknowledged out again (the MQTT client lost what it had)."""
+        with self._lock:
+            self._claimed_up_to = 0
+
+    def ack(self, entry_id: int) -> None:
+        """The broker has it: forget it (written in a batch, see ACK_FLUSH_S)."""
+        with self._lock:
+            self._acked.append(entry_id)
+            if time.monotonic() - self._last_flush >= ACK_FLUSH_S:
+                self._flush_acks()
+
+    def close(self) -> None:
+        """Write pending acknowledgements and close the file."""
+        with self._lock:
+            self._flush_acks()
+            self._db.close()
+
+    # --- inside the lock -----------------------------------------------------------------------------
+
+    def _drop_oldest_waiting(self, count: int) -> None:
+        dropped = self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id > ? ORDER BY id LIMIT ?)",
+            (self._claimed_up_to, count)).rowcount
+        if dropped > 0:
+            self._count -= dropped
+            self.dropped += dropped
+            self._set_counter("dropped", self.dropped)
+
+    def _flush_acks(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._acked:
+            return
+        with self._write("forget acknowledged results"):
+            deleted = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in self._acked]).rowcount
+        self._count -= max(0, deleted)
+        self._acked.clear()
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+
+    def _write(self, what: str) -> _Transaction:
+        return _Transaction(self._db, self.path, what)
+
+    # --- opening ---------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"state_dir {self.path.parent}: cannot open the outbox {self.path.name}: {exc} "
+                              "(the directory must exist or be creatable, and be writable by the agent)") from exc
+        return db
+
+    def _scalar(self, sql: str) -> int:
+        return int(self._db.execute(sql).fetchone()[0])
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+class _Transaction:
+    """One committed transaction; SQLite errors (disk full, file gone) become OutboxError."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, what: str):
+        self.db, self.path, self.what = db, path, what
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN")
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: object) -> None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as error:
+                exc = error
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise OutboxError(f"{self.path}: cannot {self.what}: {exc}") from exc
