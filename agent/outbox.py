@@ -60,6 +60,7 @@ class Outbox:
         self._claimed_up_to = 0  # rows with id <= this were handed to the MQTT client in this process
         self._acked: list[int] = []
         self._last_flush = time.monotonic()
+        self._closed = False
 
     def __len__(self) -> int:
         """Results not yet acknowledged (waiting or in flight)."""
@@ -98,13 +99,18 @@ class Outbox:
     def ack(self, entry_id: int) -> None:
         """The broker has it: forget it (written in a batch, see ACK_FLUSH_S)."""
         with self._lock:
+            if self._closed:
+                return  # a PUBACK that came after stop: the row is sent again next run (subscribers dedupe)
             self._acked.append(entry_id)
             if time.monotonic() - self._last_flush >= ACK_FLUSH_S:
                 self._flush_acks()
 
     def close(self) -> None:
-        """Write pending acknowledgements and close the file."""
+        """Write pending acknowledgements and close the file; safe to call more than once."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._flush_acks()
             self._db.close()
 

@@ -167,3 +167,22 @@ def test_server_outage_mid_run_keeps_the_files_frame_and_logs_down_and_back_once
     assert [r["frame"] for r in collector.results()] == [1, 2, 3, 4], "no photo lost to the outage"
     stderr = agent.stderr
     assert stderr.count("server unavailable") == 1 and stderr.count("server back after") == 1, stderr
+
+
+@pytest.mark.parametrize("fault", [
+    pytest.param(Fault(status=503, count=8), id="503-burst-longer-than-the-retries"),
+    pytest.param(Fault(delay_s=1.5, count=4), id="replies-slower-than-the-timeout"),
+    pytest.param(Fault(drop_connection=True, count=6), id="connections-dropped"),
+])
+def test_the_agent_recovers_on_its_own_from_a_server_fault_longer_than_its_retries(
+        tmp_path, photos, devserver, broker, collector, fault):
+    devserver.inject(fault)
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
+                          server={"timeout_s": 0.5, "retry": {"attempts": 2, "initial_s": 0.05, "max_s": 0.1}})
+
+    proc = run_agent(config)
+
+    state = finished_cleanly(proc, collector)
+    assert [r["frame"] for r in collector.results()] == [1, 2, 3, 4], "every photo classified after the fault"
+    assert state["server_ok"] is True and state["errors"].get("server_transient", 0) >= 1
+    assert proc.stderr.count("server unavailable") == 1 and proc.stderr.count("server back after") == 1, proc.stderr
