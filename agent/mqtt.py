@@ -181,7 +181,11 @@ class Publisher:
                 if room <= 0 or len(self.outbox) <= len(self._in_flight):
                     self._lock.wait(0.5)  # woken by a new result, an acknowledgement or a connect
                     continue
-            for entry in self.outbox.claim(room):
+            entries = self.outbox.claim(room)
+            if not entries:  # all of them handed out already: wait for news rather than spin
+                with self._lock:
+                    self._lock.wait(0.5)
+            for entry in entries:
                 info = self.client.publish(entry.topic, entry.payload, qos=self.cfg.qos, retain=False)
                 with self._lock:
                     if info.mid in self._acked_early:

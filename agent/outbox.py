@@ -58,7 +58,7 @@ class Outbox:
         self.dropped = self._counter("dropped")
         self.last_frame = self._counter("last_frame")  # frame numbers continue across restarts
         self._claimed_up_to = 0  # rows with id <= this were handed to the MQTT client in this process
-        self._acked: list[int] = []
+        self._acked: set[int] = set()
         self._last_flush = time.monotonic()
         self._closed = False
 
@@ -69,16 +69,18 @@ class Outbox:
 
     def put(self, topic: str, payload: bytes, frame: int) -> None:
         """Store one result (one commit); drop the oldest waiting ones beyond the bound."""
-        with self._lock, self._write("store a result"):
-            self._db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
-                             (topic, payload, time.time()))
-            self._count += 1
-            if frame > self.last_frame:
-                self.last_frame = frame
-                self._set_counter("last_frame", frame)
-            excess = self._count - len(self._acked) - self.max_messages
-            if excess > 0:
-                self._drop_oldest_waiting(excess)
+        with self._lock:
+            excess = self._count - len(self._acked) + 1 - self.max_messages
+            with self._write("store a result"):
+                self._db.execute("INSERT INTO outbox (topic, payload, created) VALUES (?, ?, ?)",
+                                 (topic, payload, time.time()))
+                if frame > self.last_frame:
+                    self._set_counter("last_frame", frame)
+                dropped = self._drop_oldest_waiting(excess) if excess > 0 else 0
+            # Only now, committed: a failed commit (disk full) leaves memory as the file is.
+            self._count += 1 - dropped
+            self.dropped += dropped
+            self.last_frame = max(self.last_frame, frame)
 
     def claim(self, limit: int) -> list[Entry]:
         """Up to ``limit`` of the oldest results not handed out yet, now handed out (never dropped)."""
@@ -86,7 +88,8 @@ class Outbox:
             return []
         with self._lock:
             rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                                    (self._claimed_up_to, limit)).fetchall()
+                                    (self._claimed_up_to, limit + len(self._acked))).fetchall()
+            rows = [row for row in rows if row[0] not in self._acked][:limit]  # acked, not yet deleted
             if rows:
                 self._claimed_up_to = rows[-1][0]
         return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
@@ -101,7 +104,7 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return  # a PUBACK that came after stop: the row is sent again next run (subscribers dedupe)
-            self._acked.append(entry_id)
+            self._acked.add(entry_id)  # a set: a second PUBACK for the same row counts once
             if time.monotonic() - self._last_flush >= ACK_FLUSH_S:
                 self._flush_acks()
 
@@ -116,14 +119,14 @@ class Outbox:
 
     # --- inside the lock -----------------------------------------------------------------------------
 
-    def _drop_oldest_waiting(self, count: int) -> None:
+    def _drop_oldest_waiting(self, count: int) -> int:
+        """Delete the oldest ``count`` unclaimed rows (in the caller's transaction); how many went."""
         dropped = self._db.execute(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id > ? ORDER BY id LIMIT ?)",
             (self._claimed_up_to, count)).rowcount
         if dropped > 0:
-            self._count -= dropped
-            self.dropped += dropped
-            self._set_counter("dropped", self.dropped)
+            self._set_counter("dropped", self.dropped + dropped)
+        return max(0, dropped)
 
     def _flush_acks(self) -> None:
         self._last_flush = time.monotonic()
