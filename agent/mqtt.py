@@ -73,6 +73,7 @@ class Publisher:
         self._in_flight: dict[int, int] = {}  # mid -> outbox id of the results handed to paho
         self._acked_early: set[int] = set()  # mids acknowledged before publish() returned them
         self._sender: threading.Thread | None = None
+        self._sending = True  # the sender thread runs until stop() has waited for what it could flush
         self._connected = threading.Event()
         self._retained_state: bytes | None = None
         self.refused: str | None = None  # the broker's reason when it refused our CONNECT
@@ -110,7 +111,8 @@ class Publisher:
         # Always disconnect: paho's loop only ends on a disconnect once messages are queued, even on a
         # connection that never got its CONNACK. The join is bounded so a stuck network thread cannot hold us.
         with self._lock:
-            self._lock.notify_all()  # the sender sees _stopping and ends
+            self._sending = False  # the sender flushed what it could while we waited above; now it ends
+            self._lock.notify_all()
         self.client.disconnect()
         stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
         stopper.start()
@@ -175,7 +177,7 @@ class Publisher:
         on_publish, which takes ours.
         """
         assert self.outbox is not None
-        while not self._stopping:
+        while self._sending:
             with self._lock:
                 room = WINDOW - len(self._in_flight) if self.connected else 0
                 if room <= 0 or len(self.outbox) <= len(self._in_flight):
