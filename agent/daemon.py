@@ -1,15 +1,18 @@
 """The agent's main loop: frame -> tensor -> prediction -> result -> MQTT, paced, with signals and health.
 
 Read ``run()`` top to bottom: it is the whole product. Each stage lives in its own module; this
-one only wires them, decides what an error means for the loop, and keeps ``state`` true.
+one only wires them, decides what an error means for the loop, and keeps ``state`` true. A SIGHUP
+re-reads the config between two frames (``agent/reload.py`` decides what that rebuilds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
+from functools import partial
 
 from agent.config import Config
 from agent.encode import PixelEncoder
@@ -34,7 +37,7 @@ from agent.logsetup import RepeatFilter
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
 from agent.outbox import Outbox, OutboxError
-from agent.pacing import Pacer, Stopped, StopSignal, backoff_s, call_unless_stopped
+from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, backoff_s, call_unless_stopped
 from agent.result import Result
 from agent.sdnotify import Notifier
 from agent.serving import Endpoint, RetryPolicy, ServingClient
@@ -49,7 +52,8 @@ SHUTDOWN_BUDGET_S = 4.0  # SIGTERM -> exit well inside systemd's and the contrac
 
 def run(config: Config, stop: threading.Event | None = None) -> int:
     """Run the agent until the source ends or ``stop`` is set (SIGTERM/SIGINT set it). Returns the exit code."""
-    stop = stop or install_stop_signals(StopSignal())
+    reloads = ReloadSignal()  # SIGHUP sets it, when run() owns the signals (no ``stop`` given)
+    stop = stop or install_signals(StopSignal(), reloads)
     health = Health(config.device.id, config.server.model, config.server.label)
     serving = make_serving_client(config, stop)
     try:
@@ -68,7 +72,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         logger.warning("server.timeout_s=%g is longer than half the watchdog period (%g s): a server that hangs "
                        "could get the agent killed; lower server.timeout_s or raise WatchdogSec",
                        config.server.timeout_s, half_period)
-    agent = Agent(config, stop, health, serving, publisher, Heartbeat(notifier, health))
+    agent = Agent(config, stop, reloads, health, serving, publisher, Heartbeat(notifier, health))
     try:
         return agent.run()
     finally:
@@ -78,21 +82,23 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
 class Agent:
     """One run of the pipeline; owns the stages it opens and closes them in ``shutdown``."""
 
-    def __init__(self, config: Config, stop: threading.Event, health: Health, serving: ServingClient,
-                 publisher: Publisher, heartbeat: Heartbeat):
-        self.config, self.stop, self.health, self.heartbeat = config, stop, health, heartbeat
+    def __init__(self, config: Config, stop: threading.Event, reloads: ReloadSignal, health: Health,
+                 serving: ServingClient, publisher: Publisher, heartbeat: Heartbeat):
+        self.config, self.stop, self.reloads, self.health, self.heartbeat = config, stop, reloads, health, heartbeat
         self.serving, self.publisher = serving, publisher
         self.source: FrameSource | None = None
         self.model: ServedModel | None = None
         self.encoder = PixelEncoder(config.model.scale)
+        self.pacer = Pacer(config.camera.fps)
         self.outage = Outage(health, config.server.retry.initial_s)
         self.reporter = StateReporter(health, publisher, config.mqtt.state_interval_s)
         self.finished = False  # the finite source ended (as opposed to a stop signal)
         self.repeats = RepeatFilter()
         self.next_refresh = time.monotonic() + config.server.refresh_s
         self.camera_failures = 0
-        # Frame numbers go on from the last run's: subscribers dedupe on device + frame.
-        self.frame_base = publisher.outbox.last_frame if publisher.outbox is not None else 0
+        # Frame numbers go on from the last run's, and across sources a reload swaps: subscribers dedupe
+        # on device + frame.
+        self.last_frame = publisher.outbox.last_frame if publisher.outbox is not None else 0
         serving.on_retry = heartbeat.progress  # a retry is a decision taken: the loop is alive
 
     def run(self) -> int:
@@ -112,34 +118,40 @@ class Agent:
         self.health.status = Status.RUNNING
         self.reporter.publish()
         try:
-            self.loop(self.source)
+            self.loop()
         except CameraStalled as exc:
             self.record_error(exc, logging.ERROR)
             logger.error("exiting so that systemd restarts the agent: only a new process recovers a stuck camera")
             return EXIT_FAILURE
         return EXIT_OK
 
-    def loop(self, source: FrameSource) -> None:
-        """frame -> pixels -> request -> reply -> classification -> result -> MQTT, paced to camera.fps."""
-        pacer = Pacer(self.config.camera.fps)
+    def loop(self) -> None:
+        """frame -> pixels -> request -> reply -> classification -> result -> MQTT, paced to camera.fps.
+
+        A reload (SIGHUP) is applied between two frames; it may replace the source, so each turn reads it anew.
+        """
         retry_frame: Frame | None = None
         while not self.stop.is_set():
+            if self.reloads.take():
+                self.reload_config()
+            source = self.source
+            assert source is not None
             try:
                 # In a helper thread: a read that blocks (a named pipe with no writer, a dead device)
                 # must not hold SIGTERM. A file read that hangs feeds no watchdog, so it trips it; a
                 # camera read is bounded by camera.timeout_s, and a camera stuck for good ends the run.
-                frame = retry_frame or call_unless_stopped(lambda: self.next_frame(source), self.stop)
+                frame = retry_frame or call_unless_stopped(partial(self.next_frame, source), self.stop)
             except Stopped:
                 break
             except SourceError as exc:
                 self.source_failed(source, exc)
-                self.wait(pacer.next_delay())  # every iteration is paced, failed ones too: no busy loop
+                self.wait(self.pacer.next_delay())  # every iteration is paced, failed ones too: no busy loop
                 continue
             if frame is None:
                 self.finished = True
                 break
             retry_frame = self.process(frame, source.live)
-            self.wait(pacer.next_delay())
+            self.wait(self.pacer.next_delay())
 
     def process(self, frame: Frame, live: bool) -> Frame | None:
         """Classify and publish one frame; returns the frame when it should be tried again."""
@@ -202,6 +214,8 @@ class Agent:
         frame = source.read()
         if frame is not None:
             self.health.frames += 1
+            self.last_frame += 1
+            frame = dataclasses.replace(frame, seq=self.last_frame)  # the device-wide number, not the source's
             if not self.health.camera_ok:
                 logger.info("source back source=%s", source.description)
             self.health.camera_ok, self.camera_failures = True, 0
@@ -212,10 +226,9 @@ class Agent:
         reply = call_unless_stopped(lambda: self.serving.predict(body), self.stop)
         classification = model.classification(reply, self.config.model.labels, self.config.model.threshold)
         latency_ms = (time.time() - frame.captured_at) * 1000.0
-        number = self.frame_base + frame.seq
-        logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", number, frame.origin,
+        logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", frame.seq, frame.origin,
                      classification.label, classification.score, latency_ms)
-        return Result(self.config.device.id, self.config.server.model, model.version, number,
+        return Result(self.config.device.id, self.config.server.model, model.version, frame.seq,
                       frame.captured_at, classification, latency_ms, frame.origin)
 
     def skip_frame(self, frame: Frame, exc: ServerError | Stopped) -> None:
@@ -235,17 +248,25 @@ class Agent:
             self.wait(backoff_s(beyond, 0.05, 5.0))
 
     def wait(self, seconds: float) -> None:
-        """A deliberate pause: ends at once on stop, and keeps systemd's watchdog fed while it lasts."""
+        """A deliberate pause: ends at once on stop or a reload request, and keeps systemd's watchdog fed."""
         deadline = time.monotonic() + seconds
         while True:
             self.heartbeat.progress()
             left = deadline - time.monotonic()
-            if left <= 0 or self.stop.wait(min(left, self.heartbeat.slice_s())):
+            if left <= 0 or self.reloads.wait(min(left, self.heartbeat.slice_s()), self.stop):
                 return
+
+    def reload_config(self) -> None:
+        """Read the config file again: apply a valid change now, or keep the old config whole."""
+        from agent.reload import apply_reload  # reload.py drives this class, so it imports this module
+
+        apply_reload(self)
 
     def wait_for_model(self) -> ServedModel | None:
         """Resolve the pinned model, waiting out transient failures (server still booting, unreachable)."""
         while not self.stop.is_set():
+            if self.reloads.take():
+                self.reload_config()  # a server that never comes up may be a wrong server.url: let it be fixed
             try:
                 model = call_unless_stopped(lambda: fetch_served_model(self.serving, self.config.model), self.stop)
             except Stopped:
@@ -332,8 +353,8 @@ def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:
                          ca_certs=server.ca_certs, stop=stop)
 
 
-def install_stop_signals(stop: StopSignal) -> StopSignal:
-    """SIGTERM and SIGINT set ``stop``; a second SIGINT still interrupts a hung shutdown."""
+def install_signals(stop: StopSignal, reloads: ReloadSignal) -> StopSignal:
+    """SIGTERM and SIGINT set ``stop`` (a second SIGINT still interrupts a hung shutdown); SIGHUP asks for a reload."""
 
     def handle(signum: int, _frame: object) -> None:
         # Nothing here may take a lock (no logging, no threading.Event): see StopSignal.
@@ -343,5 +364,6 @@ def install_stop_signals(stop: StopSignal) -> StopSignal:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reloads.set())
     return stop
 

@@ -1,4 +1,4 @@
-"""Keeping time in the loop: pacing to camera.fps, and calls that a stop signal can cut short."""
+"""Keeping time in the loop: pacing to camera.fps, calls that a stop signal can cut short, signal flags."""
 
 from __future__ import annotations
 
@@ -54,6 +54,63 @@ class StopSignal(threading.Event):
 
     def clear(self) -> None:
         raise RuntimeError("a StopSignal cannot be cleared")
+
+    def fileno(self) -> int:
+        """The descriptor that becomes readable when the flag is set (to wait on it with others)."""
+        return self._read_fd
+
+
+class ReloadSignal:
+    """A "read the config again" request (SIGHUP) that a signal handler may make; the main loop takes it.
+
+    Lock-free for the same reason as StopSignal: ``set()`` flips a bool and writes a byte to a pipe.
+    Requests that arrive before the loop looks are one reload: the file is read once, as it is then.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        self._flag = True
+        try:
+            os.write(self._write_fd, b"x")
+        except OSError:  # the pipe is full: a wake-up is already waiting
+            pass
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def take(self) -> bool:
+        """True once per request, which it clears (the main loop only)."""
+        if not self._flag:
+            return False
+        self._flag = False  # before draining: a request landing in between stays set
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        return True
+
+    def wait(self, timeout: float, stop: threading.Event) -> bool:
+        """Block until a reload is requested, ``stop`` is set or ``timeout`` passes; True if either is set."""
+        if self._flag or stop.is_set():
+            return True
+        if not isinstance(stop, StopSignal):  # a plain Event (a caller that owns the signals) has no descriptor
+            return stop.wait(timeout) or self._flag
+        poller = select.poll()
+        for fd in (self._read_fd, stop.fileno()):
+            poller.register(fd, select.POLLIN)
+        poller.poll(max(0, math.ceil(timeout * 1000)))
+        return self._flag or stop.is_set()
+
+    def close(self) -> None:
+        """Release the pipe (tests; the agent keeps one for its lifetime)."""
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
 
 class Stopped(Exception):

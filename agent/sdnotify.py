@@ -1,4 +1,4 @@
-"""systemd's notify protocol (sd_notify(3)) in pure Python: READY, STATUS, WATCHDOG, STOPPING.
+"""systemd's notify protocol (sd_notify(3)) in pure Python: READY, STATUS, WATCHDOG, RELOADING, STOPPING.
 
 A message is one datagram of newline-separated ``KEY=VALUE`` lines sent to the AF_UNIX socket named by
 ``$NOTIFY_SOCKET`` ("/path", or "@name" for the abstract namespace). Without ``$NOTIFY_SOCKET`` (not
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Notifier:
 
     Typical use: ``n = Notifier()`` at start; ``n.ready("running")`` once the frame path works;
     ``n.watchdog()`` after each unit of real progress, at most every ``n.watchdog_interval`` seconds;
-    ``n.status("…")`` on changes; ``n.stopping()`` on SIGTERM.
+    ``n.status("…")`` on changes; ``n.reloading()`` then ``n.ready()`` around a SIGHUP; ``n.stopping()`` on SIGTERM.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None, timeout: float = SEND_TIMEOUT_S):
@@ -118,6 +119,13 @@ class Notifier:
     def watchdog(self) -> bool:
         """Keep-alive (``WATCHDOG=1``): call only after real progress, every ``watchdog_interval`` seconds."""
         return self.notify("WATCHDOG=1")
+
+    def reloading(self, status: str | None = None) -> bool:
+        """The configuration is being read again (``RELOADING=1``); send ``ready()`` when done.
+
+        ``MONOTONIC_USEC`` is what systemd >= 253 (``Type=notify-reload``) requires with it; older ones ignore it.
+        """
+        return self.notify(_with_status(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}", status))
 
     def stopping(self, status: str | None = None) -> bool:
         """Shutdown has begun (``STOPPING=1``)."""

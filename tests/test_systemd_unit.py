@@ -67,10 +67,11 @@ def installed_tree(root: Path, board: str, executable: bool = True) -> Path:
                     "--arch", "arm64"], check=True, capture_output=True, timeout=60)
     shutil.copytree(system_unit_dir(), root / "usr/lib/systemd/system", symlinks=True)
     if executable:
-        command = root / values("ExecStart")[0].split()[0].lstrip("/")
-        command.parent.mkdir(parents=True)
-        command.write_text("#!/bin/sh\n")
-        command.chmod(0o755)
+        for directive in ("ExecStart", "ExecReload"):
+            command = root / values(directive)[0].split()[0].lstrip("/")
+            command.parent.mkdir(parents=True, exist_ok=True)
+            command.write_text("#!/bin/sh\n")
+            command.chmod(0o755)
     return root
 
 
