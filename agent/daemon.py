@@ -312,10 +312,12 @@ class Agent:
             self.source.close()
         self.serving.close()
         delivered = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
-        if not delivered:
-            kept = len(self.publisher.outbox) if self.publisher.outbox is not None else 0
+        kept = len(self.publisher.outbox) if self.publisher.outbox is not None else 0
+        if kept:
             logger.warning("exiting before the broker acknowledged everything: %d results kept in the outbox "
                            "for the next run", kept)
+        elif not delivered:
+            logger.warning("exiting before the broker acknowledged the final state and availability (unreachable)")
         logger.info("stopped %s", self.health.summary())
 
     def wait_for_acks(self) -> None:
