@@ -100,13 +100,16 @@ class Publisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def stop(self, timeout: float = 3.0) -> bool:
-        """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked."""
+    def stop(self, timeout: float = 3.0, drain: bool = True, stop: threading.Event | None = None) -> bool:
+        """Publish ``offline``, wait up to ``timeout`` for acknowledgements, disconnect. True if all were acked.
+
+        ``drain=False`` waits for ``offline`` only, not for the outbox (a reload hands it to the next client).
+        """
         deadline = time.monotonic() + timeout
         self._stopping = True
         if self.connected and self.announce:
             self._publish(self.topics.availability, b"offline", retain=True)
-            self.wait_delivered(timeout)
+            self.wait_delivered(timeout, stop, outbox=drain)
         delivered = self.pending() == 0
         # Always disconnect: paho's loop only ends on a disconnect once messages are queued, even on a
         # connection that never got its CONNACK. The join is bounded so a stuck network thread cannot hold us.
@@ -117,6 +120,8 @@ class Publisher:
         stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
         stopper.start()
         stopper.join(max(1.2, deadline - time.monotonic()))  # paho notices a stop within 1 s when idle
+        if self._sender is not None:
+            self._sender.join(1.0)  # it ends within one wait; claim() on a closed outbox returns nothing
         if self.outbox is not None:
             self.outbox.close()  # what is left stays on disk for the next run
         return delivered
@@ -157,11 +162,12 @@ class Publisher:
             waiting = len(self._pending)
         return waiting + (len(self.outbox) if self.outbox is not None else 0)
 
-    def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None) -> bool:
-        """Block until every published message is acknowledged, ``timeout`` passes or ``stop`` is set."""
+    def wait_delivered(self, timeout: float | None, stop: threading.Event | None = None, outbox: bool = True) -> bool:
+        """Block until every published message (with ``outbox``: every result too) is acknowledged,
+        ``timeout`` passes or ``stop`` is set."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._pending or (self.outbox is not None and len(self.outbox)):
+            while self._pending or (outbox and self.outbox is not None and len(self.outbox)):
                 if stop is not None and stop.is_set():
                     return False
                 left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
@@ -176,25 +182,34 @@ class Publisher:
         paho is never called with our lock held: its network thread holds its own lock while it calls
         on_publish, which takes ours.
         """
-        assert self.outbox is not None
         while self._sending:
+            try:
+                self._send_some()
+            except Exception as exc:  # a disk or library error must not end delivery for good
+                _QUEUE_LOGGER.error("outbox sender: %s: %s; retrying", type(exc).__name__, exc)
+                with self._lock:
+                    self._lock.wait(1.0)
+
+    def _send_some(self) -> None:
+        """One round of the sender: wait for room and results, then hand paho the next few."""
+        assert self.outbox is not None
+        with self._lock:
+            room = WINDOW - len(self._in_flight) if self.connected else 0
+            if room <= 0 or len(self.outbox) <= len(self._in_flight):
+                self._lock.wait(0.5)  # woken by a new result, an acknowledgement or a connect
+                return
+        entries = self.outbox.claim(room)
+        if not entries:  # all of them handed out already: wait for news rather than spin
             with self._lock:
-                room = WINDOW - len(self._in_flight) if self.connected else 0
-                if room <= 0 or len(self.outbox) <= len(self._in_flight):
-                    self._lock.wait(0.5)  # woken by a new result, an acknowledgement or a connect
-                    continue
-            entries = self.outbox.claim(room)
-            if not entries:  # all of them handed out already: wait for news rather than spin
-                with self._lock:
-                    self._lock.wait(0.5)
-            for entry in entries:
-                info = self.client.publish(entry.topic, entry.payload, qos=self.cfg.qos, retain=False)
-                with self._lock:
-                    if info.mid in self._acked_early:
-                        self._acked_early.discard(info.mid)
-                        self.outbox.ack(entry.id)
-                    else:
-                        self._in_flight[info.mid] = entry.id
+                self._lock.wait(0.5)
+        for entry in entries:
+            info = self.client.publish(entry.topic, entry.payload, qos=self.cfg.qos, retain=False)
+            with self._lock:
+                if info.mid in self._acked_early:
+                    self._acked_early.discard(info.mid)
+                    self.outbox.ack(entry.id)
+                else:
+                    self._in_flight[info.mid] = entry.id
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=self.cfg.qos, retain=retain)

@@ -87,17 +87,14 @@ class Outbox:
         if limit <= 0:
             return []
         with self._lock:
+            if self._closed:
+                return []
             rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                                     (self._claimed_up_to, limit + len(self._acked))).fetchall()
             rows = [row for row in rows if row[0] not in self._acked][:limit]  # acked, not yet deleted
             if rows:
                 self._claimed_up_to = rows[-1][0]
         return [Entry(row[0], row[1], bytes(row[2])) for row in rows]
-
-    def unclaim_all(self) -> None:
-        """Hand everything unacknowledged out again (the MQTT client lost what it had)."""
-        with self._lock:
-            self._claimed_up_to = 0
 
     def ack(self, entry_id: int) -> None:
         """The broker has it: forget it (written in a batch, see ACK_FLUSH_S)."""
@@ -106,7 +103,10 @@ class Outbox:
                 return  # a PUBACK that came after stop: the row is sent again next run (subscribers dedupe)
             self._acked.add(entry_id)  # a set: a second PUBACK for the same row counts once
             if time.monotonic() - self._last_flush >= ACK_FLUSH_S:
-                self._flush_acks()
+                try:
+                    self._flush_acks()
+                except OutboxError as exc:  # kept in _acked: the next flush tries again
+                    logger.warning("%s", exc)
 
     def close(self) -> None:
         """Write pending acknowledgements and close the file; safe to call more than once."""
@@ -114,8 +114,12 @@ class Outbox:
             if self._closed:
                 return
             self._closed = True
-            self._flush_acks()
-            self._db.close()
+            try:
+                self._flush_acks()
+            except OutboxError as exc:  # disk full: those rows are sent again next run (subscribers dedupe)
+                logger.warning("%s", exc)
+            finally:
+                self._db.close()
 
     # --- inside the lock -----------------------------------------------------------------------------
 

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
 from agent.config import CameraConfig, Config
 from agent.configload import load_config
-from agent.daemon import Agent, make_serving_client
+from agent.daemon import Agent, make_serving_client, open_outbox
 from agent.encode import PixelEncoder
 from agent.errors import AgentError, CameraStalled, ConfigError, SourceError
 from agent.model import ServedModel, fetch_served_model
 from agent.mqtt import Publisher, Topics
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import OutboxError
 from agent.pacing import Pacer, Stopped, call_unless_stopped
 from agent.serving import ServingClient
 from agent.sources import open_source, source_kind
@@ -36,6 +37,13 @@ SOURCE, SERVING, PUBLISHER = "source", "serving", "publisher"
 IN_PLACE = frozenset({"camera.fps", "model.threshold", "model.labels", "server.refresh_s", "mqtt.state_interval_s",
                       "mqtt.outbox.max_messages", "log_level"})
 RESTART_ONLY = {"state_dir": "state_dir cannot change without a restart (the outbox lives there)"}
+
+
+def qos_refusal(old: Config, new: Config) -> str | None:
+    """Turning the outbox on or off (QoS 0 has none) would strand its results or restart frame numbers."""
+    if (old.mqtt.qos == 0) != (new.mqtt.qos == 0):
+        return "mqtt.qos cannot change to or from 0 without a restart (QoS 0 runs without the outbox)"
+    return None
 # Cameras a process can hold only once: the old one must let go before the new one opens.
 DEVICE_KINDS = frozenset({"picamera2", "csi", "v4l2"})
 HANDOVER_S = 2.0  # the old MQTT connection's time to have "offline" acknowledged
@@ -77,7 +85,7 @@ def stage_of(key: str) -> str | None:
 
 def plan_reload(old: Config, new: Config) -> Plan:
     changed = tuple(changed_keys(old, new))
-    refused = next((RESTART_ONLY[key] for key in changed if key in RESTART_ONLY), None)
+    refused = next((RESTART_ONLY[key] for key in changed if key in RESTART_ONLY), None) or qos_refusal(old, new)
     rebuild = {stage for stage in map(stage_of, changed) if stage is not None}
     if "camera.fps" in changed and source_kind(new.camera.source) == "video":
         rebuild.add(SOURCE)  # a video file is sampled at camera.fps in video time
@@ -217,22 +225,21 @@ def switch(agent: Agent, new: Config, staged: Staged) -> None:
         agent.source.close()  # closing twice is safe (a camera closed first)
         agent.source = staged.source
     if staged.publisher is not None:
-        agent.publisher = agent.reporter.publisher = hand_over(agent.publisher, staged.publisher, new)
+        agent.publisher = agent.reporter.publisher = hand_over(agent.publisher, staged.publisher, new, agent.stop)
     apply_in_place(agent, new)
     agent.config = new
 
 
-def hand_over(old: Publisher, new: Publisher, config: Config) -> Publisher:
+def hand_over(old: Publisher, new: Publisher, config: Config, stop: threading.Event) -> Publisher:
     """The old connection publishes ``offline`` and closes with its outbox; the new one takes the outbox over.
 
     Results still in it keep the topic they were classified under, and go out first.
     """
-    old.stop(timeout=HANDOVER_S)
-    if config.mqtt.qos > 0:  # QoS 0 has no outbox: nothing would acknowledge a result
-        try:
-            new.outbox = Outbox(config.state_dir, config.mqtt.outbox.max_messages)  # before start(): its sender
-        except OutboxError as exc:
-            logger.error("%s; publishing results without the outbox meanwhile", exc)
+    old.stop(timeout=HANDOVER_S, drain=False, stop=stop)
+    try:
+        new.outbox = open_outbox(config)  # before start(): its sender starts with it
+    except OutboxError as exc:
+        logger.error("%s; publishing results without the outbox meanwhile", exc)
     return new.start()
 
 

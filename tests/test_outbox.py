@@ -95,26 +95,6 @@ def test_after_an_agent_restart_what_is_left_is_delivered_first_in_order(tmp_pat
         assert frames(box.claim(10)) == [7]
 
 
-def test_unclaim_all_hands_everything_unacknowledged_out_again_in_order(tmp_path):
-    with opened(tmp_path) as box:
-        put_frames(box, 1, 4)
-        box.claim(3)
-        box.unclaim_all()  # the MQTT client lost what it held
-        assert frames(box.claim(10)) == [1, 2, 3, 4]
-
-
-def test_unclaim_all_does_not_hand_out_what_was_acknowledged_but_not_yet_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(agent.outbox, "ACK_FLUSH_S", 3600.0)
-    with opened(tmp_path) as box:
-        put_frames(box, 1, 3)
-        box.ack(box.claim(3)[0].id)
-        box.unclaim_all()
-        assert frames(box.claim(10)) == [2, 3], "'everything unacknowledged', not frame 1 a second time"
-
-
-# --- acknowledgements are written in batches -------------------------------------------------------------
-
-
 def test_acks_are_batched_len_excludes_them_at_once_and_close_writes_them(tmp_path, monkeypatch):
     monkeypatch.setattr(agent.outbox, "ACK_FLUSH_S", 3600.0)  # "within ACK_FLUSH_S", whatever the machine's speed
     box = Outbox(tmp_path, 1000)
@@ -427,3 +407,30 @@ def test_a_long_broker_outage_keeps_the_newest_results_and_state_counts_the_drop
     states = [m.json() for m in collector.on("state")]
     assert [s["dropped"] for s in states] == [classified - 3] * len(states), states
     assert rows_in_file(state_dir) == [], "with the broker back, everything was acknowledged before the exit"
+
+
+FULL_DISK_AT_CLOSE_CHILD = """
+import json, os, resource, signal, sys
+from agent.outbox import FILE_NAME, Outbox
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+box = Outbox(sys.argv[1], 10)
+for frame in (1, 2):
+    box.put("catdog/d/result", json.dumps({"frame": frame}).encode(), frame)
+for entry in box.claim(10):
+    box.ack(entry.id)  # within ACK_FLUSH_S: written at close
+wal = os.path.join(sys.argv[1], FILE_NAME + "-wal")
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal), resource.RLIM_INFINITY))
+box.close()  # the flush fails: logged, the file still closed
+box.close()
+print(json.dumps({"claim_after_close": len(box.claim(10))}))
+"""
+
+
+def test_a_full_disk_at_close_is_logged_and_the_acknowledged_results_come_again(tmp_path):
+    state_dir = tmp_path / "state"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_AT_CLOSE_CHILD, str(state_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"claim_after_close": 0}
+    with opened(state_dir) as box:
+        assert frames(box.claim(10)) == [1, 2]  # at least once: sent again next run, never lost

@@ -324,6 +324,14 @@ def test_plan_refuses_a_new_state_dir(tmp_path):
     assert plan.refused == "state_dir cannot change without a restart (the outbox lives there)"
 
 
+@pytest.mark.parametrize(("before", "after", "refused"), [(1, 0, True), (0, 1, True), (1, 2, False)])
+def test_plan_refuses_turning_the_outbox_on_or_off_through_qos(tmp_path, before, after, refused):
+    plan = plan_reload(config_with(tmp_path, mqtt__qos=before), config_with(tmp_path, mqtt__qos=after))
+    assert (plan.refused is not None) == refused
+    if refused:
+        assert "mqtt.qos cannot change to or from 0 without a restart" in str(plan.refused)
+
+
 def test_reload_signal_makes_many_requests_one_and_wakes_a_waiter():
     reloads, stop = ReloadSignal(), StopSignal()
     try:
