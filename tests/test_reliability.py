@@ -175,3 +175,25 @@ def test_after_the_broker_returns_paho_never_holds_more_than_a_window_of_results
         watcher.join(5)
         publisher.stop(timeout=1)
     assert 1 <= most <= WINDOW + 2  # the window of results, plus availability and state
+
+
+def test_a_10_mb_and_a_non_utf8_message_on_the_command_topic_do_not_disturb_the_agent(
+        tmp_path, photos, devserver, broker, collector, agent_processes):
+    config = agent_config(tmp_path, source=photos, server_url=devserver.url, mqtt_port=broker.port,
+                          camera={"loop": True, "fps": 20})
+    agent = start_agent(agent_processes, config)
+    assert collector.wait_for(lambda: len(collector.results()) >= 2), agent.stderr
+    command = f"catdog/{device_for(tmp_path)}/command"
+    sender = paho.Client(CallbackAPIVersion.VERSION2)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    try:
+        for payload in (b"\x00" * (10 * 1024 * 1024), b"\xff\xfe{not utf-8", b"{\"id\": 1, \"set\": {}}"):
+            sender.publish(command, payload, qos=1).wait_for_publish(10)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+    seen = len(collector.results())
+    assert collector.wait_for(lambda: len(collector.results()) >= seen + 5), agent.stderr  # still classifying
+    assert agent.terminate() == 0, agent.stderr
+    assert "Traceback" not in agent.stderr
