@@ -41,7 +41,7 @@ from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, backoff_s, ca
 from agent.result import Result
 from agent.sdnotify import Notifier
 from agent.serving import Endpoint, RetryPolicy, ServingClient
-from agent.sources import open_source
+from agent.sources import opened_source
 from agent.sources.base import FrameSource
 from agent.supervision import Heartbeat, Outage, StateReporter
 
@@ -107,8 +107,7 @@ class Agent:
             self.model = self.wait_for_model()
             if self.model is None:
                 return EXIT_OK  # stopped while waiting for the server
-            self.source = open_source(self.config.camera)
-            call_unless_stopped(self.source.open, self.stop)  # opening a stream can take camera.timeout_s
+            self.source = opened_source(self.config.camera, self.stop)
         except Stopped:
             return EXIT_OK
         except (ServerError, SourceUnavailable) as exc:  # transient server errors are waited out above

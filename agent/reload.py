@@ -28,7 +28,7 @@ from agent.mqtt import Publisher, Topics
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, Stopped, call_unless_stopped
 from agent.serving import ServingClient
-from agent.sources import open_source, source_kind
+from agent.sources import opened_source, source_kind
 from agent.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -183,10 +183,10 @@ def replace_source(agent: Agent, camera: CameraConfig) -> FrameSource:
     """The new source, opened; the old one stays open unless both are cameras a process holds only once."""
     assert agent.source is not None
     if not (source_kind(agent.config.camera.source) in DEVICE_KINDS and source_kind(camera.source) in DEVICE_KINDS):
-        return open_now(camera, agent)
+        return opened_source(camera, agent.stop)
     agent.source.close()
     try:
-        return open_now(camera, agent)
+        return opened_source(camera, agent.stop)
     except SourceError:
         reopen_old(agent)
         raise
@@ -194,19 +194,9 @@ def replace_source(agent: Agent, camera: CameraConfig) -> FrameSource:
 
 def reopen_old(agent: Agent) -> None:
     try:
-        agent.source = open_now(agent.config.camera, agent)
+        agent.source = opened_source(agent.config.camera, agent.stop)
     except SourceError as exc:
         raise CameraStalled(f"{exc}; the camera closed for a reload cannot be opened again") from exc
-
-
-def open_now(camera: CameraConfig, agent: Agent) -> FrameSource:
-    source = open_source(camera)
-    try:
-        call_unless_stopped(source.open, agent.stop)  # opening a stream can take camera.timeout_s
-    except BaseException:
-        source.close()
-        raise
-    return source
 
 
 # --- switching over --------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def model_input(config: Config) -> tuple[InputSpec, str]:
     """The model input the agent would use: model.size, else the server's metadata, else 150x150."""
     cfg = config.model
     if cfg.size is not None:
-        return InputSpec(cfg.size[0], cfg.size[1], cfg.resize, cfg.interpolation, cfg.scale), "model.size"
+        return _spec(config, cfg.size), "model.size"
     from agent.daemon import make_serving_client
     from agent.model import fetch_served_model
 
@@ -71,9 +71,12 @@ def model_input(config: Config) -> tuple[InputSpec, str]:
         return fetch_served_model(serving, cfg).input_spec, "from the server's metadata"
     except ServerError as exc:
         logger.warning("server metadata unavailable, using %dx%d: %s", *DEFAULT_SIZE, exc)
-        spec = InputSpec(DEFAULT_SIZE[0], DEFAULT_SIZE[1], cfg.resize, cfg.interpolation, cfg.scale)
-        return spec, "server unreachable: default size"
+        return _spec(config, DEFAULT_SIZE), "server unreachable: default size"
     finally:
         serving.close()
 
 
+def _spec(config: Config, size: tuple[int, int]) -> InputSpec:
+    """``size`` (height, width) with the config's resize mode, interpolation and scale."""
+    cfg = config.model
+    return InputSpec(size[0], size[1], cfg.resize, cfg.interpolation, cfg.scale)

@@ -6,20 +6,22 @@ Adding a kind is one line in SOURCES: its name and a function CameraConfig -> Fr
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from agent.config import CameraConfig
 from agent.errors import SourceError, SourceUnavailable
 from agent.frames import Frame
+from agent.pacing import call_unless_stopped
 from agent.sources.base import FrameSource
 from agent.sources.files import FolderSource, ImageSource, is_image_name
 from agent.sources.live import Camera, LiveSource, Reconnect
 from agent.sources.opencv_cam import csi_camera, stream_camera, v4l2_camera
 from agent.sources.video import VIDEO_EXTENSIONS, VideoFileSource
 
-__all__ = ["CAMERA_KINDS", "FILE_KINDS", "SOURCES", "FrameSource", "OneFrame", "open_source", "read_one_frame",
-           "source_kind"]
+__all__ = ["CAMERA_KINDS", "FILE_KINDS", "SOURCES", "FrameSource", "OneFrame", "open_source", "opened_source",
+           "read_one_frame", "source_kind"]
 
 CAMERA_KINDS = ("picamera2", "csi", "v4l2", "stream")
 FILE_KINDS = ("folder", "video", "image")
@@ -98,6 +100,20 @@ def open_source(camera: CameraConfig) -> FrameSource:
     if kind in FILE_KINDS and not os.path.exists(camera.source):
         raise SourceUnavailable(f"camera.source {camera.source!r}: no such file or directory")
     return factory(camera)
+
+
+def opened_source(camera: CameraConfig, stop: threading.Event) -> FrameSource:
+    """``open_source`` and its open(), which ``stop`` cuts short (a stream's open can take camera.timeout_s).
+
+    A source whose open failed or was cut short is closed again; raises Stopped when ``stop`` came first.
+    """
+    source = open_source(camera)
+    try:
+        call_unless_stopped(source.open, stop)
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 @dataclass(frozen=True)
