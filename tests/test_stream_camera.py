@@ -6,6 +6,7 @@ one, so a test can tell which frame the agent classified and how old it was when
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -105,6 +106,7 @@ def test_fifty_cut_and_restore_cycles_reconnect_every_time_without_leaking_threa
         assert mjpeg.wait_until(lambda server: server.clients == 1), "the old connection was not let go"
 
     def usage() -> dict[str, int]:
+        gc.collect()  # an earlier test's unreferenced sockets would otherwise close mid-measurement
         return {"python threads": threading.active_count(), "os threads": len(os.listdir("/proc/self/task")),
                 "fds": len(os.listdir("/proc/self/fd"))}
 
@@ -121,9 +123,11 @@ def test_fifty_cut_and_restore_cycles_reconnect_every_time_without_leaking_threa
     elapsed = time.monotonic() - started
 
     assert source.reopened == 51 and mjpeg.accepted == 52
-    # No slack: the capture thread is the same one throughout, FFmpeg's decoder threads end with each
-    # release(), and the only sockets open are the current connection's two ends and the listener.
-    assert after == before, f"grew over 50 reconnects: {before} -> {after}"
+    # No slack for growth: the capture thread is the same one throughout, FFmpeg's decoder threads end with
+    # each release(), and the only sockets open are the current connection's two ends and the listener.
+    # A count may fall (CI saw fds 23 -> 21) when something an earlier test left behind is finalised.
+    grown = {what: after[what] - before[what] for what in before if after[what] > before[what]}
+    assert not grown, f"grew over 50 reconnects: {before} -> {after}"
     assert elapsed < 40, f"50 cycles took {elapsed:.1f} s"
 
 
