@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from agent.config import Config
-from agent.encode import PixelEncoder
 from agent.errors import AgentError
 from agent.frames import Frame
-from agent.model import ServedModel, fetch_served_model
+from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.mqtt import Publisher, Topics
 from agent.serving import ServingClient, VersionStatus
 from agent.sources import read_one_frame
@@ -55,7 +54,7 @@ class Checker:
                 f"{_state_of(states)}; versions on the server: {_versions(everything)}")
 
     def check_model(self) -> str:
-        self.model = fetch_served_model(self.serving, self.config.model)
+        self.model = fetch_served_model(self.serving, self.config.model, self.config.server.encoding)
         spec = self.model.input_spec
         return (f"{self.model.describe()}; frames become {spec.height}x{spec.width} "
                 f"({spec.resize}, {spec.interpolation}, scale {spec.scale})")
@@ -91,7 +90,7 @@ class Checker:
     def check_predict(self) -> str:
         if self.model is None or self.frame is None:
             raise AgentError("skipped (needs the model and a frame)")
-        body = self.model.request_body(self.frame.rgb, PixelEncoder(self.model.input_spec.scale),
+        body = self.model.request_body(self.frame.rgb, body_encoder(self.config.server, self.config.model),
                                        self.serving.signature)
         started = time.monotonic()
         reply = self.serving.predict(body)

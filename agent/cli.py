@@ -1,4 +1,4 @@
-"""Command line: run | check | predict | snapshot | demo | watch."""
+"""Command line: run | check | predict | snapshot | demo | watch | assign."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config
@@ -21,6 +22,10 @@ from agent.errors import (
     ConfigError,
     SourceUnavailable,
 )
+
+if TYPE_CHECKING:
+    from agent.fleet import Target
+    from agent.fleetclient import BrokerAddress
 
 logger = logging.getLogger("agent")
 
@@ -75,14 +80,92 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fps", type=float, default=2.0, help="frames classified per second (default 2)")
     demo.set_defaults(handler=cmd_demo)
 
-    watch = commands.add_parser("watch", help="print what devices publish (results, availability, state)")
-    watch.add_argument("--config", type=Path, help="take broker and prefix from this agent config")
+    watch = commands.add_parser("watch", help="a live table of every device (--lines: one line per message)")
+    watch.add_argument("--config", type=Path, help="take broker, prefix, user and TLS from this agent config")
+    watch.add_argument("--broker", type=_broker, metavar="HOST[:PORT]", help="the MQTT broker (or --host/--port)")
     watch.add_argument("--host", default=None)
     watch.add_argument("--port", type=int, default=None)
-    watch.add_argument("--prefix", default=None)
+    watch.add_argument("--prefix", type=_prefix, default=None, help="topic prefix (default catdog)")
     watch.add_argument("--device", default="+", help="one device id (default: all)")
-    watch.set_defaults(handler=cmd_watch)
+    watch.add_argument("--lines", action="store_true", help="one line per message instead of the table")
+    watch.add_argument("--interval", type=_seconds, default=5.0, metavar="S",
+                       help="stdout not a terminal: print the table every S seconds if it changed (default 5)")
+    _broker_auth_args(watch)
+    watch.set_defaults(handler=cmd_watch, parser=watch)
+
+    assign = commands.add_parser("assign", help="pin a model version or label on a device or a group:NAME")
+    assign.add_argument("--broker", type=_broker, metavar="HOST[:PORT]", required=True, help="the MQTT broker")
+    assign.add_argument("--prefix", type=_prefix, default="catdog", help="topic prefix (default catdog)")
+    assign.add_argument("--timeout", type=_seconds, default=20.0, metavar="S",
+                        help="wait at most S seconds for the online devices' answers (default 20)")
+    assign.add_argument("--retain", action="store_true",
+                        help="retain the command on the broker: offline devices apply it when they come back")
+    assign.add_argument("--retained-wait", type=_seconds, default=1.5, metavar="S",
+                        help="collect the devices' retained state for S seconds (group, unknown device; default 1.5)")
+    _broker_auth_args(assign)
+    assign.add_argument("target", type=_target, metavar="TARGET", help="a device id, or group:NAME")
+    change = assign.add_mutually_exclusive_group(required=True)
+    change.add_argument("--version", type=_model_version, metavar="N", help="pin model version N (1 or more)")
+    change.add_argument("--label", type=_model_label, metavar="L", help="pin the version label L (e.g. canary)")
+    change.add_argument("--clear", action="store_true", help="drop the assigned pin: back to the configured one")
+    assign.set_defaults(handler=cmd_assign)
     return parser
+
+
+def _broker_auth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--username", metavar="U", help="broker user name")
+    parser.add_argument("--password-file", metavar="F", help="file holding the broker password (needs --username)")
+    parser.add_argument("--ca-certs", metavar="FILE", help="TLS with this CA bundle (default port 8883)")
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's CAs (default port 8883)")
+
+
+def _broker(text: str) -> BrokerAddress:
+    from agent.fleetclient import BrokerAddress
+
+    try:
+        return BrokerAddress.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target(text: str) -> Target:
+    from agent.fleet import Target
+
+    try:
+        return Target.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prefix(text: str) -> str:
+    if not text.strip("/") or any(c in text for c in "+#\0"):
+        raise argparse.ArgumentTypeError(f"not a topic prefix (no wildcards): {text!r}")
+    return text.strip("/")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return value
+
+
+def _model_version(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a model version is a whole number of 1 or more, not {text!r}")
+    return int(text)
+
+
+def _model_label(text: str) -> str:
+    from agent.fleet import Change
+
+    try:
+        return Change(label=text).label or ""
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -155,19 +238,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from agent.watch import Watcher
+    from agent.watch import watch
 
-    host, port, prefix = args.host, args.port, args.prefix
-    if args.config is not None:
-        from agent.configload import load_config
-
-        config = load_config(args.config)
-        host, port, prefix = host or config.mqtt.host, port or config.mqtt.port, prefix or config.mqtt.topic_prefix
-    watcher = Watcher(host or "localhost", port or 1883, prefix or "catdog", args.device, out=sys.stdout).start()
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        watcher.stop()
-    return EXIT_OK
+        return watch(args)
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends
+        return EXIT_OK
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    from agent.fleet import Change, assign
+    from agent.fleetclient import Credentials
+
+    change = Change(version=args.version, label=args.label, clear=args.clear)
+    credentials = Credentials(username=args.username, password_file=args.password_file, tls=args.tls,
+                              ca_certs=args.ca_certs)
+    report = assign(args.broker, args.target, change, prefix=args.prefix, timeout=args.timeout, retain=args.retain,
+                    credentials=credentials, retained_wait=args.retained_wait)
+    for message in report.messages:
+        print(message, file=sys.stderr, flush=True)
+    for line in report.lines:
+        print(line, flush=True)
+    return report.code

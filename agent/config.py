@@ -20,6 +20,8 @@ def doc(text: str, **extra: object) -> dict:
 @dataclass(frozen=True)
 class DeviceConfig:
     id: str = field(metadata=doc("device name: letters, digits, '-' and '_'; part of every topic", required=True))
+    groups: Tuple[str, ...] = field(default=(), metadata=doc(
+        "groups this device takes commands for, on {prefix}/group/<group>/command (letters, digits, '-', '_')"))
 
 
 FLIPS = ("none", "rotate-180", "horizontal", "vertical")
@@ -29,6 +31,14 @@ FLIPS = ("none", "rotate-180", "horizontal", "vertical")
 class ReconnectConfig:
     initial_s: float = field(default=0.5, metadata=doc("first wait before reopening a failed camera (seconds)"))
     max_s: float = field(default=30.0, metadata=doc("longest wait between reopen attempts (seconds)"))
+
+
+@dataclass(frozen=True)
+class SkipUnchangedConfig:
+    threshold: float = field(default=0.02, metadata=doc(
+        "share of the picture (over 0, up to 1) that must change for a new request; 0.02 = 2 %"))
+    max_interval_s: float = field(default=60.0, metadata=doc(
+        "classify at least this often, changed or not (seconds)"))
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class CameraConfig:
         "cameras and streams: open/read timeout; no frame this long = camera down (seconds)"))
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig,
                                        metadata=doc("how a failed camera is reopened"))
+    skip_unchanged: Optional[SkipUnchangedConfig] = field(default=None, metadata=doc(
+        "no request for a frame that looks like the last classified one; present (even empty) = on"))
 
 
 @dataclass(frozen=True)
@@ -66,10 +78,18 @@ class ServerConfig:
     signature: str = field(default="serving_default", metadata=doc("signature name sent with every request"))
     timeout_s: float = field(default=10.0, metadata=doc("per-request timeout (seconds)"))
     refresh_s: float = field(default=30.0, metadata=doc("a label or latest pin re-reads its version this often (s)"))
+    rollback_after: int = field(default=3, metadata=doc(
+        "a commanded version failing this many frames in a row is rolled back (0: never)"))
     retry: RetryConfig = field(default_factory=RetryConfig, metadata=doc("retry policy for transient errors"))
     headers: Tuple[Tuple[str, str], ...] = field(default=(), metadata=doc("extra HTTP headers (mapping)"))
     token_file: Optional[str] = field(default=None, metadata=doc("file holding a bearer token for Authorization"))
     ca_certs: Optional[str] = field(default=None, metadata=doc("CA bundle for an https:// server"))
+    encoding: str = field(default="auto", metadata=doc(
+        "request body: auto (from the model's input type) | json (numbers) | b64_jpeg (encoded image)",
+        choices=("auto", "json", "b64_jpeg")))
+    json_decimals: int = field(default=4, metadata=doc(
+        "decimals per value in json bodies (4 carries every 8-bit step of [0,1] and [-1,1]); 4 to 9"))
+    jpeg_quality: int = field(default=90, metadata=doc("JPEG quality of b64_jpeg bodies, 1 to 100"))
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,13 @@ class MqttConfig:
     keepalive: int = field(default=60, metadata=doc("MQTT keepalive (seconds)"))
     state_interval_s: float = field(default=30.0, metadata=doc("retained state is refreshed at least this often"))
     outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata=doc("the durable store of results"))
+    snapshot: bool = field(default=False, metadata=doc(
+        "publish a retained JPEG of the classified frame on {prefix}/<device>/snapshot when the label changes"))
+    snapshot_width: int = field(default=640, metadata=doc("snapshots wider than this are scaled down (pixels)"))
+    snapshot_max_bytes: int = field(default=200_000, metadata=doc(
+        "largest snapshot (bytes); quality, then size, go down until it fits"))
+    homeassistant: bool = field(default=False, metadata=doc("announce the device to Home Assistant (MQTT discovery)"))
+    discovery_prefix: str = field(default="homeassistant", metadata=doc("Home Assistant's discovery topic prefix"))
 
 
 @dataclass(frozen=True)

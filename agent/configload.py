@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from agent.config import Config
-from agent.configrules import INVALID, RULES, Walk, dotted, format_problem, normaliser_for
+from agent.configpaths import normaliser_for
+from agent.configrules import INVALID, RULES, Walk, dotted, format_problem
 from agent.errors import ConfigError
 from agent.yamlpos import KeyPath, YamlSyntaxError, load_yaml
 
@@ -139,7 +140,7 @@ def _suggestion(key: str, names: list[str]) -> str:
         return f" (did you mean {close[0]!r}?)"
     # The right key in the wrong section, e.g. `camera.threshold` for `model.threshold`.
     elsewhere = [row[0] for row in reference_rows() if row[0].rsplit(".", 1)[-1] == key]
-    return f" (did you mean {elsewhere[0]!r}?)" if len(elsewhere) == 1 else ""
+    return f" (did you mean {' or '.join(map(repr, elsewhere))}?)" if 1 <= len(elsewhere) <= 2 else ""
 
 
 def _convert_field(spec: dataclasses.Field[Any], hint: Any, raw: object, path: KeyPath, walk: Walk) -> Any:

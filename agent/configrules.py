@@ -1,14 +1,13 @@
-"""What a valid value is: problem recording, path resolution, and one small check per rule.
+"""What a valid value is: problem recording and one small check per rule.
 
 ``Walk`` collects problems as ``<file>: <key.path>: <what is wrong> (line N)``. Each ``check_*``
 receives a section already converted to its dataclass and reports through ``Walk.rule``, which drops
-a sentence about a key that already has a problem. ``RULES`` maps a section's key path to its checks,
-and ``normaliser_for`` gives the path resolution of a key; ``agent.configload`` applies both.
+a sentence about a key that already has a problem. ``RULES`` maps a section's key path to its checks;
+``agent.configload`` applies them, and the path resolution of ``agent.configpaths``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from agent.config import (
     ReconnectConfig,
     RetryConfig,
     ServerConfig,
+    SkipUnchangedConfig,
     TlsConfig,
 )
 from agent.yamlpos import KeyPath
@@ -32,9 +32,6 @@ INVALID: Any = object()  # a value that could not be converted; its problem is a
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SERVABLE_NAME = re.compile(r"[^/:]+")  # TF Serving's REST grammar for model names and version labels
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
-_TLS_FILE_KEYS = ("ca_certs", "certfile", "keyfile")
-# Camera sources that are devices or URLs, never files next to the config: `rtsp://…`, `picamera2:1`, `/dev/…`.
-_DEVICE_SOURCE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|picamera2(:\d+)?$|/dev/")
 
 
 @dataclass
@@ -86,62 +83,21 @@ def format_problem(source: str, path: KeyPath, message: str, line: int | None) -
     return f"{source}: {dotted(path)}: {message}" + (f" (line {line})" if line else "")
 
 
-# --- paths ------------------------------------------------------------------------------------------
-
-def normaliser_for(name: str) -> Callable[[Any, KeyPath, Walk], Any] | None:
-    """How a key's value is resolved: files next to the config or in $CREDENTIALS_DIRECTORY, URLs trimmed."""
-    if name.endswith("_file") or name in _TLS_FILE_KEYS:
-        return _resolve_file
-    return {"source": _resolve_source, "state_dir": _resolve_dir, "url": _strip_slash}.get(name)
-
-
-def _resolve_file(value: str, path: KeyPath, walk: Walk) -> Any:
-    resolved = _locate_file(value, walk.base_dir)
-    if os.path.isdir(resolved):
-        walk.add(path, f"expected a file, found a directory: {resolved}")
-    elif not os.path.exists(resolved):
-        walk.add(path, f"file not found: {resolved}")
-    else:
-        return resolved
-    return INVALID
-
-
-def _locate_file(value: str, base_dir: str) -> str:
-    if os.path.isabs(value):
-        return os.path.normpath(value)
-    # systemd LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY; those win over files next to the config.
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and os.path.exists(os.path.join(credentials, value)):
-        return os.path.normpath(os.path.join(credentials, value))
-    return os.path.normpath(os.path.join(base_dir, value))
-
-
-def _resolve_source(value: str, path: KeyPath, walk: Walk) -> Any:
-    if not value.strip():
-        walk.add(path, "must not be empty")
-        return INVALID
-    if value.startswith("picamera2:") and not _DEVICE_SOURCE.match(value):
-        walk.add(path, f"use picamera2 or picamera2:N with N a camera number (got {value!r})")
-        return INVALID
-    return value if _DEVICE_SOURCE.match(value) else _resolve_dir(value, path, walk)
-
-
-def _resolve_dir(value: str, _path: KeyPath, walk: Walk) -> str:
-    return os.path.normpath(os.path.join(walk.base_dir, value))
-
-
-def _strip_slash(value: str, _path: KeyPath, _walk: Walk) -> str:
-    # Request paths are appended to the base URL; only the path's trailing '/' goes, never the '//'.
-    scheme, separator, rest = value.partition("://")
-    return scheme + separator + rest.rstrip("/") if separator else value.rstrip("/")
-
-
 # --- rules -------------------------------------------------------------------------------------------
 
 def check_device_id(device: DeviceConfig, walk: Walk) -> None:
     """device.id is one MQTT topic level and part of file names."""
     if not _DEVICE_ID.fullmatch(device.id):
         walk.rule(("device", "id"), f"use 1 to 64 letters, digits, '-' or '_' (got {device.id!r})")
+
+
+def check_device_groups(device: DeviceConfig, walk: Walk) -> None:
+    """Each group is one topic level of {prefix}/group/<group>/command."""
+    for group in device.groups:
+        if not _DEVICE_ID.fullmatch(group):
+            walk.rule(("device", "groups"), f"use 1 to 64 letters, digits, '-' or '_' per group (got {group!r})")
+    if len(set(device.groups)) != len(device.groups):
+        walk.rule(("device", "groups"), "groups must be unique")
 
 
 def check_camera_fps(camera: CameraConfig, walk: Walk) -> None:
@@ -183,6 +139,16 @@ def check_reconnect(reconnect: ReconnectConfig, walk: Walk) -> None:
     if not reconnect.initial_s <= reconnect.max_s <= 600:
         walk.rule(("camera", "reconnect", "max_s"),
                   f"must be at least initial_s ({reconnect.initial_s:g}) and at most 600 (got {reconnect.max_s:g})")
+
+
+def check_skip_unchanged(skip: SkipUnchangedConfig, walk: Walk) -> None:
+    """camera.skip_unchanged: a share of the picture, and a real period."""
+    if not 0 < skip.threshold <= 1:
+        walk.rule(("camera", "skip_unchanged", "threshold"),
+                  f"must be more than 0 and at most 1, a share of the picture (got {skip.threshold:g})")
+    if not 0 < skip.max_interval_s <= _DAY_S:
+        walk.rule(("camera", "skip_unchanged", "max_interval_s"),
+                  f"must be more than 0 and at most 86400 seconds (got {skip.max_interval_s:g})")
 
 
 def check_server_url(server: ServerConfig, walk: Walk) -> None:
@@ -243,6 +209,16 @@ def check_server_timeout(server: ServerConfig, walk: Walk) -> None:
         value = getattr(server, key)
         if not 0 < value <= _DAY_S:
             walk.rule(("server", key), f"must be more than 0 and at most 86400 seconds (got {value:g})")
+
+
+def check_server_encoding(server: ServerConfig, walk: Walk) -> None:
+    """Fewer than 4 decimals moves a [0,1] pixel by more than a third of its 8-bit step."""
+    if not 4 <= server.json_decimals <= 9:
+        walk.rule(("server", "json_decimals"), f"must be 4 to 9 (got {server.json_decimals})")
+    if not 1 <= server.jpeg_quality <= 100:
+        walk.rule(("server", "jpeg_quality"), f"must be 1 to 100 (got {server.jpeg_quality})")
+    if not 0 <= server.rollback_after <= 1000:
+        walk.rule(("server", "rollback_after"), f"must be 0 (never) to 1000 frames (got {server.rollback_after})")
 
 
 def check_server_headers(server: ServerConfig, walk: Walk) -> None:
@@ -332,10 +308,19 @@ def check_mqtt_keepalive(mqtt: MqttConfig, walk: Walk) -> None:
 
 
 def check_topic_prefix(mqtt: MqttConfig, walk: Walk) -> None:
-    """mqtt.topic_prefix is one or more non-empty topic levels without wildcards."""
-    problem = _topic_prefix_problem(mqtt.topic_prefix)
-    if problem:
-        walk.rule(("mqtt", "topic_prefix"), f"{problem} (got {mqtt.topic_prefix!r})")
+    """mqtt.topic_prefix and discovery_prefix are one or more non-empty topic levels without wildcards."""
+    for key in ("topic_prefix", "discovery_prefix"):
+        problem = _topic_prefix_problem(getattr(mqtt, key))
+        if problem:
+            walk.rule(("mqtt", key), f"{problem} (got {getattr(mqtt, key)!r})")
+
+
+def check_snapshot_bounds(mqtt: MqttConfig, walk: Walk) -> None:
+    """A snapshot is a picture a dashboard can show, and small enough for any broker."""
+    if not 32 <= mqtt.snapshot_width <= 4096:
+        walk.rule(("mqtt", "snapshot_width"), f"must be 32 to 4096 pixels (got {mqtt.snapshot_width})")
+    if not 2_000 <= mqtt.snapshot_max_bytes <= 10_000_000:
+        walk.rule(("mqtt", "snapshot_max_bytes"), f"must be 2000 to 10000000 bytes (got {mqtt.snapshot_max_bytes})")
 
 
 def _topic_prefix_problem(prefix: str) -> str | None:
@@ -376,15 +361,16 @@ def check_outbox_bound(outbox: OutboxConfig, walk: Walk) -> None:
 
 
 RULES: dict[KeyPath, tuple[Callable[[Any, Walk], None], ...]] = {
-    ("device",): (check_device_id,),
+    ("device",): (check_device_id, check_device_groups),
     ("camera",): (check_camera_fps, check_capture_size, check_camera_timing),
     ("camera", "reconnect"): (check_reconnect,),
+    ("camera", "skip_unchanged"): (check_skip_unchanged,),
     ("server",): (check_server_url, check_server_model, check_server_version, check_server_label,
-                  check_version_or_label, check_server_timeout, check_server_headers),
+                  check_version_or_label, check_server_timeout, check_server_headers, check_server_encoding),
     ("server", "retry"): (check_retry_attempts, check_retry_initial, check_retry_max),
     ("model",): (check_model_size, check_model_labels, check_model_threshold),
     ("mqtt",): (check_mqtt_host, check_mqtt_port, check_mqtt_qos, check_mqtt_keepalive, check_topic_prefix,
-                check_state_interval, check_password_needs_username),
+                check_state_interval, check_password_needs_username, check_snapshot_bounds),
     ("mqtt", "tls"): (check_tls_key_needs_cert,),
     ("mqtt", "outbox"): (check_outbox_bound,),
 }

@@ -15,7 +15,7 @@ import time
 from functools import partial
 
 from agent.config import Config
-from agent.encode import PixelEncoder
+from agent.control import Control, make_publisher
 from agent.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -34,15 +34,17 @@ from agent.errors import (
 from agent.frames import Frame
 from agent.health import FAILED_FRAMES_DEGRADED, Health, Status
 from agent.logsetup import RepeatFilter
-from agent.model import ServedModel, fetch_served_model
-from agent.mqtt import Publisher, Topics
-from agent.outbox import Outbox, OutboxError
-from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, backoff_s, call_unless_stopped
+from agent.model import ServedModel, body_encoder, fetch_served_model
+from agent.mqtt import Publisher
+from agent.outbox import OutboxError
+from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, Worker, backoff_s
 from agent.result import Result
+from agent.scene import scene_gate
 from agent.sdnotify import Notifier
-from agent.serving import Endpoint, RetryPolicy, ServingClient
+from agent.serving import ServingClient
 from agent.sources import opened_source
 from agent.sources.base import FrameSource
+from agent.stages import make_serving_client, open_outbox
 from agent.supervision import Heartbeat, Outage, StateReporter
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,14 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     """Run the agent until the source ends or ``stop`` is set (SIGTERM/SIGINT set it). Returns the exit code."""
     reloads = ReloadSignal()  # SIGHUP sets it, when run() owns the signals (no ``stop`` given)
     stop = stop or install_signals(StopSignal(), reloads)
+    control = Control.load(config)  # what the central side assigned last time (pin, fps, pause) applies
+    config = control.config
     health = Health(config.device.id, config.server.model, config.server.label)
     serving = make_serving_client(config, stop)
     try:
-        outbox = open_outbox(config)
-        publisher = Publisher(config.mqtt, Topics.for_device(config.mqtt.topic_prefix, config.device.id),
-                              config.client_id, outbox=outbox).start()
+        publisher = make_publisher(config)
+        publisher.outbox = open_outbox(config)
+        publisher.start()
     except (PublishError, OSError) as exc:
         logger.error("mqtt setup failed: %s", exc)
         return EXIT_CONFIG
@@ -72,7 +76,7 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
         logger.warning("server.timeout_s=%g is longer than half the watchdog period (%g s): a server that hangs "
                        "could get the agent killed; lower server.timeout_s or raise WatchdogSec",
                        config.server.timeout_s, half_period)
-    agent = Agent(config, stop, reloads, health, serving, publisher, Heartbeat(notifier, health))
+    agent = Agent(config, stop, reloads, health, serving, publisher, Heartbeat(notifier, health), control)
     try:
         return agent.run()
     finally:
@@ -83,13 +87,15 @@ class Agent:
     """One run of the pipeline; owns the stages it opens and closes them in ``shutdown``."""
 
     def __init__(self, config: Config, stop: threading.Event, reloads: ReloadSignal, health: Health,
-                 serving: ServingClient, publisher: Publisher, heartbeat: Heartbeat):
+                 serving: ServingClient, publisher: Publisher, heartbeat: Heartbeat, control: Control):
         self.config, self.stop, self.reloads, self.health, self.heartbeat = config, stop, reloads, health, heartbeat
         self.serving, self.publisher = serving, publisher
         self.source: FrameSource | None = None
         self.model: ServedModel | None = None
-        self.encoder = PixelEncoder(config.model.scale)
+        self.encoder = body_encoder(config.server, config.model)
+        self.worker = Worker()  # runs reads and requests, so that SIGTERM never waits on one
         self.pacer = Pacer(config.camera.fps)
+        self.gate = scene_gate(config.camera.skip_unchanged)  # camera.skip_unchanged: is a frame worth a request?
         self.outage = Outage(health, config.server.retry.initial_s)
         self.reporter = StateReporter(health, publisher, config.mqtt.state_interval_s)
         self.finished = False  # the finite source ended (as opposed to a stop signal)
@@ -100,6 +106,8 @@ class Agent:
         # on device + frame.
         self.last_frame = publisher.outbox.last_frame if publisher.outbox is not None else 0
         serving.on_retry = heartbeat.progress  # a retry is a decision taken: the loop is alive
+        self.control = control  # commands from the central side, applied between frames
+        control.attach(self)
 
     def run(self) -> int:
         self.reporter.publish()
@@ -133,13 +141,17 @@ class Agent:
         while not self.stop.is_set():
             if self.reloads.take():
                 self.reload_config()
+            self.control.handle_waiting()
+            if self.health.paused:
+                self.wait(1.0)  # a pause command holds the loop; commands and signals still end the wait
+                continue
             source = self.source
             assert source is not None
             try:
                 # In a helper thread: a read that blocks (a named pipe with no writer, a dead device)
                 # must not hold SIGTERM. A file read that hangs feeds no watchdog, so it trips it; a
                 # camera read is bounded by camera.timeout_s, and a camera stuck for good ends the run.
-                frame = retry_frame or call_unless_stopped(partial(self.next_frame, source), self.stop)
+                frame = retry_frame or self.worker.call(partial(self.next_frame, source), self.stop)
             except Stopped:
                 break
             except SourceError as exc:
@@ -154,6 +166,9 @@ class Agent:
 
     def process(self, frame: Frame, live: bool) -> Frame | None:
         """Classify and publish one frame; returns the frame when it should be tried again."""
+        if not self.gate.should_classify(frame.rgb):
+            self.skip_unchanged(frame)
+            return None
         try:
             result = self.classify_frame(frame, self.refresh_model())
         except TransientServerError as exc:
@@ -165,11 +180,20 @@ class Agent:
             self.skip_frame(frame, exc)
             return None
         self.outage.up()
+        self.gate.classified()  # later frames are compared with this one (never with a frame that failed)
         self.publisher.publish_result(result.payload())
+        self.control.classified(frame.rgb, result)
         self.health.record_result()
         self.heartbeat.ready()
         self.reporter.maybe_publish()
         return None
+
+    def skip_unchanged(self, frame: Frame) -> None:
+        """The scene looks as it did in the last classified frame: no request, counted, not a failure."""
+        self.health.skipped += 1
+        logger.debug("unchanged frame=%d origin=%s changed=%.3f: not sent", frame.seq, frame.origin,
+                     self.gate.change or 0.0)
+        self.reporter.maybe_publish()  # results are rare now: state still goes out every mqtt.state_interval_s
 
     def source_failed(self, source: FrameSource, exc: SourceError) -> None:
         """A bad item is skipped; a failing camera or looping source is waited for; a finite one ends the run."""
@@ -198,7 +222,7 @@ class Agent:
         if not self.health.server_ok:
             return self.model
         try:
-            model = call_unless_stopped(lambda: fetch_served_model(self.serving, self.config.model), self.stop)
+            model = self.worker.call(self.fetch_model, self.stop)
         except (AgentError, Stopped) as exc:
             logger.warning("model refresh failed, keeping version %s: %s", self.model.version, exc)
             return self.model
@@ -207,6 +231,10 @@ class Agent:
                         self.model.version, model.version)
         self.model, self.health.version = model, model.version
         return model
+
+    def fetch_model(self) -> ServedModel:
+        """Ask the server which version answers the pin, and what its signature takes."""
+        return fetch_served_model(self.serving, self.config.model, self.config.server.encoding)
 
     def next_frame(self, source: FrameSource) -> Frame | None:
         """The next frame, or None at the end of a finite source; raises SourceError (decode errors too)."""
@@ -222,7 +250,7 @@ class Agent:
 
     def classify_frame(self, frame: Frame, model: ServedModel) -> Result:
         body = model.request_body(frame.rgb, self.encoder, self.serving.signature)
-        reply = call_unless_stopped(lambda: self.serving.predict(body), self.stop)
+        reply = self.worker.call(partial(self.serving.predict, body), self.stop)
         classification = model.classification(reply, self.config.model.labels, self.config.model.threshold)
         latency_ms = (time.time() - frame.captured_at) * 1000.0
         logger.debug("result frame=%d origin=%s label=%s score=%.4f latency_ms=%.1f", frame.seq, frame.origin,
@@ -237,6 +265,9 @@ class Agent:
         if isinstance(exc, BadReplyError):
             self.outage.up()  # the server answered, badly: it is up
         self.record_error(exc, logging.ERROR, f"frame={frame.seq} origin={frame.origin}")
+        if self.config.server.label is not None:
+            self.next_refresh = time.monotonic()  # the label may have moved: ask again before the next frame
+        self.control.failed(exc)  # a commanded version failing again and again is rolled back
         self.pause_after_failures()
 
     def pause_after_failures(self) -> None:
@@ -252,8 +283,11 @@ class Agent:
         while True:
             self.heartbeat.progress()
             left = deadline - time.monotonic()
-            if left <= 0 or self.reloads.wait(min(left, self.heartbeat.slice_s()), self.stop):
-                return
+            commands = self.publisher.inbox if self.model is not None and self.source is not None else None
+            if left <= 0 or self.reloads.wait(min(left, self.heartbeat.slice_s()), self.stop, commands):
+                if left <= 0 or self.stop.is_set() or self.reloads.is_set():
+                    return
+                self.control.handle_waiting()  # a command woke us: apply it, then wait out the rest
 
     def reload_config(self) -> None:
         """Read the config file again: apply a valid change now, or keep the old config whole."""
@@ -267,7 +301,7 @@ class Agent:
             if self.reloads.take():
                 self.reload_config()  # a server that never comes up may be a wrong server.url: let it be fixed
             try:
-                model = call_unless_stopped(lambda: fetch_served_model(self.serving, self.config.model), self.stop)
+                model = self.worker.call(self.fetch_model, self.stop)
             except Stopped:
                 return None
             except TransientServerError as exc:
@@ -309,6 +343,7 @@ class Agent:
         self.reporter.publish()
         if self.source is not None:
             self.source.close()
+        self.worker.close()
         self.serving.close()
         delivered = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
         kept = len(self.publisher.outbox) if self.publisher.outbox is not None else 0
@@ -329,29 +364,6 @@ class Agent:
             if time.monotonic() >= next_log:
                 next_log += 30.0
                 logger.warning("waiting for the broker to acknowledge results count=%d", self.publisher.pending())
-
-
-def open_outbox(config: Config) -> Outbox | None:
-    """The durable outbox in state_dir; None with QoS 0, where nothing acknowledges a result."""
-    if config.mqtt.qos == 0:
-        return None
-    outbox = Outbox(config.state_dir, config.mqtt.outbox.max_messages)
-    if len(outbox):
-        logger.info("outbox holds results from an earlier run count=%d path=%s; they go first", len(outbox),
-                    outbox.path)
-    return outbox
-
-
-def make_serving_client(config: Config, stop: threading.Event) -> ServingClient:
-    server = config.server
-    headers = dict(server.headers)
-    if server.token_file:
-        with open(server.token_file, encoding="utf-8") as token:
-            headers["Authorization"] = f"Bearer {token.read().strip()}"
-    retry = RetryPolicy(server.retry.attempts, server.retry.initial_s, server.retry.max_s)
-    return ServingClient(Endpoint(server.url, server.model, server.version, server.label),
-                         signature=server.signature, timeout_s=server.timeout_s, retry=retry, headers=headers,
-                         ca_certs=server.ca_certs, stop=stop)
 
 
 def install_signals(stop: StopSignal, reloads: ReloadSignal) -> StopSignal:

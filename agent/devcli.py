@@ -1,4 +1,8 @@
-"""Command line of the TF Serving stand-in: ``python -m agent.devserver --builtin | --onnx F | --model-base D``."""
+"""Command line of the TF Serving stand-in: ``python -m agent.devserver --builtin | --onnx F | --model-base D``.
+
+``--builtin-model mean_brightness`` serves the zero-cost model instead of the tutorial CNN; ``--jpeg-input``
+puts an image-decoding signature (DT_STRING ``image_bytes``) in front of the --builtin/--onnx model.
+"""
 
 from __future__ import annotations
 
@@ -49,12 +53,32 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source.add_argument("--onnx", type=Path, help="serve this ONNX file from a temporary model base")
     parser.add_argument("--model-name", default="cat_dog_classifier", help="model name for --builtin/--onnx")
+    parser.add_argument(
+        "--builtin-model",
+        choices=("tutorial_cnn", "mean_brightness"),
+        default="tutorial_cnn",
+        help="model for --builtin: the tutorial CNN (random weights, ~9 ms/image) or mean_brightness (free)",
+    )
+    parser.add_argument(
+        "--jpeg-input",
+        nargs="?",
+        const="unit",
+        choices=("unit", "symmetric", "raw"),
+        metavar="SCALE",
+        help="serve the --builtin/--onnx model behind a 150x150 encoded-image input 'image_bytes' (DT_STRING); "
+        "SCALE of the decoded pixels: unit (default), symmetric or raw",
+    )
     parser.add_argument("--versions", type=_versions_arg, default=(1, 2), help="versions for --builtin/--onnx (1,2)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     parser.add_argument("--label", type=_label_arg, action="append", default=[], metavar="MODEL:LABEL=VERSION")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG logs every request")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model_base is not None and (args.jpeg_input or args.builtin_model != "tutorial_cnn"):
+        parser.error("--builtin-model and --jpeg-input apply to --builtin/--onnx; a --model-base has its own files")
+    if args.onnx is not None and args.builtin_model != "tutorial_cnn":
+        parser.error("--builtin-model applies to --builtin, not --onnx")
+    return args
 
 
 def _summary(server: DevServer) -> str:
@@ -62,6 +86,13 @@ def _summary(server: DevServer) -> str:
     versions = sorted({version for entries in models.values() for version, _ in entries})
     kinds = sorted({kind for entries in models.values() for _, kind in entries})
     return f"model={','.join(models)} versions={','.join(map(str, versions))} kind={','.join(kinds)}"
+
+
+def _fill_model_base(base: Path, args: argparse.Namespace) -> None:
+    """The temporary model base of --builtin/--onnx (with --builtin-model and --jpeg-input)."""
+    builtin = None if args.onnx else {"model": args.builtin_model}
+    jpeg_input = {"size": [150, 150], "scale": args.jpeg_input} if args.jpeg_input else None
+    make_model_base(base, args.model_name, args.versions, onnx=args.onnx, builtin=builtin, jpeg_input=jpeg_input)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if base is None:
             base = Path(tempfile.mkdtemp(prefix="catdog-devserver-"))
             stack.callback(shutil.rmtree, base, True)
-            make_model_base(base, args.model_name, args.versions, onnx=args.onnx)
+            _fill_model_base(base, args)
         try:
             server = stack.enter_context(DevServer(base, labels, args.host, args.port))
         except OSError as exc:

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from agent.devjson import INT64, ApiError, debug_string, encode, error_body, invalid, parse_request_json, quote
-from agent.devmodels import ModelError, ModelRepository, ServedModel, TensorSpec, VersionStatus
+from agent.devmodels import ModelRepository, VersionStatus
+from agent.devmodeltypes import ModelError, ServedModel, TensorSpec
 from agent.devtensors import json_type, predict_body, request_tensors, signature_name
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ whitespace, the status codes and the exact error texts, as read from TF Serving'
 shared/reference/tfserving-protocol.md). On top of that: injected faults, a request log, and a
 control surface under ``/_dev/`` so that a devserver run as a separate process can be driven.
 
-Run it: ``python -m agent.devserver --builtin`` (or ``--onnx PATH`` or ``--model-base DIR``).
+Run it: ``python -m agent.devserver --builtin`` (``--help``: ONNX, model folders, the zero-cost model).
 """
 
 from __future__ import annotations

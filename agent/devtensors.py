@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.devjson import INT64, ApiError, PrettyWriter, debug_string, float_token, invalid
-from agent.devmodels import TensorSpec
+from agent.devmodeltypes import TensorSpec
 
 # --- JSON -> tensors (FillPredictRequestFromJson) ----------------------------------------------
 
@@ -114,16 +114,49 @@ def _dense_shape(value: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _fast_leaves(value: Any, shape: tuple[int, ...], kind: _DType | None) -> list[Any] | None:
-    """The leaves of a regular, well-typed value at C speed; None sends it to the exact slow path."""
-    if kind is None or not kind.fast_types:
+def _regular_leaves(value: Any, shape: tuple[int, ...]) -> list[Any] | None:
+    """The leaves of a value whose every list has the size ``shape`` says, at C speed; else None.
+
+    Only lengths are checked level by level. In parsed JSON, a string or an object standing where a list
+    belongs passes that check only when it is not empty (every size is > 0 here), and then puts strings
+    into the level below, down to the leaves, where the callers' type checks refuse them.
+    """
+    if 0 in shape:
         return None
     level = [value]
-    for size in shape:
-        if set(map(type, level)) != {list} or set(map(len, level)) != {size}:
-            return None
-        level = list(chain.from_iterable(level))
-    return level if kind.fast_types.issuperset(map(type, level)) else None
+    try:
+        for size in shape:
+            if set(map(len, level)) != {size}:
+                return None
+            level = list(chain.from_iterable(level))
+    except TypeError:  # a number, a bool or null where a list belongs
+        return None
+    return level
+
+
+def _float_array(leaves: list[Any]) -> np.ndarray | None:
+    """float64 values of leaves that are all JSON numbers, else None.
+
+    sum() refuses strings, null, lists and objects at C speed (np.fromiter would take "1.5" and null);
+    bools pass both as 0/1, so the leaves where a 0 or a 1 landed have their type checked.
+    """
+    try:
+        sum(leaves)
+        array = np.fromiter(leaves, np.float64, len(leaves))
+    except (TypeError, OverflowError):  # OverflowError: an integer beyond float range
+        return None
+    suspects = np.flatnonzero((array == 0) | (array == 1)).tolist()
+    return None if bool in {type(leaves[i]) for i in suspects} else array
+
+
+def _fast_array(value: Any, shape: tuple[int, ...], kind: _DType) -> np.ndarray | None:
+    """The carrier array of a regular, well-typed value, vectorised; None sends it to the exact slow path."""
+    leaves = _regular_leaves(value, shape) if kind.fast_types else None
+    if leaves is None:
+        return None
+    if kind.carrier is np.float64:
+        return _float_array(leaves)
+    return np.array(leaves, dtype=kind.carrier) if kind.fast_types.issuperset(map(type, leaves)) else None
 
 
 def _collect(value: Any, level: int, shape: tuple[int, ...], dtype: str, out: list[Any]) -> list[Any]:
@@ -151,14 +184,14 @@ def _collect(value: Any, level: int, shape: tuple[int, ...], dtype: str, out: li
 def _tensor_from_json(value: Any, dtype: str) -> np.ndarray:
     shape = _dense_shape(value)
     kind = _DTYPES.get(dtype)
-    leaves = _fast_leaves(value, shape, kind)
-    if leaves is None:
-        leaves = _collect(value, 0, shape, dtype, [])
-    if kind is None:  # only an empty tensor of an unsupported dtype gets here
+    if kind is None:  # an unsupported dtype: only an empty tensor gets through _collect
+        _collect(value, 0, shape, dtype, [])
         return np.zeros(shape, np.float32)
+    carried = _fast_array(value, shape, kind)
+    if carried is None:
+        carried = np.array(_collect(value, 0, shape, dtype, []), dtype=kind.carrier)
     with np.errstate(all="ignore"):  # float32 overflow becomes inf, as rapidjson's GetFloat()
-        array = np.array(leaves, dtype=kind.carrier).astype(kind.target, copy=False)
-    return array.reshape(shape)
+        return carried.astype(kind.target, copy=False).reshape(shape)
 
 
 def _add_item(value: Any, name: str, specs: dict[str, TensorSpec], items: dict[str, list[np.ndarray]]) -> None:

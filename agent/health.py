@@ -17,6 +17,7 @@ class Status(str, enum.Enum):
     STARTING = "starting"  # resolving the model, opening the source
     RUNNING = "running"  # frames flow and results are published
     DEGRADED = "degraded"  # running, but the server or camera is failing, or frames keep failing
+    PAUSED = "paused"  # a pause command holds classification
     STOPPING = "stopping"  # signal received or finite source done; flushing
     STOPPED = "stopped"  # clean exit
 
@@ -35,10 +36,16 @@ class Health:
     last_error: str | None = None
     frames: int = 0
     results: int = 0
+    skipped: int = 0  # frames not sent because the scene had not changed (camera.skip_unchanged)
     failed_in_a_row: int = 0  # frames that gave no result (bad file, 4xx, bad reply) since the last result
     errors: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     _rate_window: list = field(default_factory=list)
+    # Fleet control (agent/control.py): the device's groups, its pin (configured / assigned), a rollback.
+    groups: tuple[str, ...] = ()
+    pin: dict | None = None
+    paused: bool = False
+    rollback: dict | None = None
 
     def record_result(self) -> None:
         self.results += 1
@@ -67,6 +74,9 @@ class Health:
     def refresh_status(self) -> None:
         if self.status in (Status.STARTING, Status.STOPPING, Status.STOPPED):
             return
+        if self.paused:
+            self.status = Status.PAUSED
+            return
         healthy = self.server_ok and self.camera_ok and self.failed_in_a_row < FAILED_FRAMES_DEGRADED
         self.status = Status.RUNNING if healthy else Status.DEGRADED
 
@@ -80,6 +90,7 @@ class Health:
             "fps": self.fps,
             "frames": self.frames,
             "results": self.results,
+            "skipped": self.skipped,
             "errors": dict(self.errors),
             "server_ok": self.server_ok,
             "camera_ok": self.camera_ok,
@@ -87,6 +98,10 @@ class Health:
             "dropped": dropped,
             "last_error": self.last_error,
             "uptime_s": round(time.monotonic() - self.started, 1),
+            "groups": list(self.groups),
+            "paused": self.paused,
+            "rollback": self.rollback,
+            **({"pin": self.pin} if self.pin is not None else {}),  # set once the run knows its assignment
             "agent_version": __version__,
         }
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.classify import Classification, classify, first_output
-from agent.config import ModelConfig
-from agent.encode import PixelEncoder, predict_body
+from agent.config import ModelConfig, ServerConfig
+from agent.encode import BodyEncoder
 from agent.errors import ModelNotAvailable, PermanentServerError
 from agent.preprocess import InputSpec, fit
 from agent.serving import ModelMetadata, ServingClient, TensorInfo
 
-# Input dtypes our JSON row encoding can fill from RGB pixels (numbers only).
+# Input dtypes our JSON row encoding can fill from RGB pixels (numbers only); a DT_STRING input takes
+# encoded images (the model decodes them in its graph).
 NUMERIC_DTYPES = frozenset({"DT_FLOAT", "DT_DOUBLE", "DT_HALF", "DT_UINT8", "DT_INT32", "DT_INT64"})
 INTEGER_DTYPES = frozenset({"DT_UINT8", "DT_INT32", "DT_INT64"})
 
@@ -33,10 +34,12 @@ class ServedModel:
     output_name: str | None  # None: the signature has a single output (the reply is bare)
     input: TensorInfo
     output: TensorInfo | None
+    encoding: str = "json"  # or "b64_jpeg"
 
-    def request_body(self, rgb: np.ndarray, encoder: PixelEncoder, signature: str | None) -> bytes:
+    def request_body(self, rgb: np.ndarray, encoder: BodyEncoder, signature: str | None) -> bytes:
         """The ``:predict`` body for one RGB frame: fitted to this model's input, then encoded."""
-        return predict_body(fit(rgb, self.input_spec), encoder, input_name=self.input_name, signature=signature)
+        return encoder.body(fit(rgb, self.input_spec), self.encoding, input_name=self.input_name,
+                            signature=signature)
 
     def classification(self, reply: object, labels: Sequence[str], threshold: float) -> Classification:
         """This model's output in a ``:predict`` reply, as a label and scores (BadReplyError if malformed)."""
@@ -44,23 +47,45 @@ class ServedModel:
 
     def describe(self) -> str:
         out = self.output.describe() if self.output else "?"
-        return f"version={self.version} input={self.input.describe()} output={out}"
+        return f"version={self.version} input={self.input.describe()} output={out} encoding={self.encoding}"
 
 
-def resolve_model(meta: ModelMetadata, cfg: ModelConfig, where: str) -> ServedModel:
-    """Combine ``/metadata`` with the config's model section; raise ModelNotAvailable on mismatch."""
+def resolve_model(meta: ModelMetadata, cfg: ModelConfig, where: str, encoding: str = "auto") -> ServedModel:
+    """Combine ``/metadata`` with the config's model section; raise ModelNotAvailable on mismatch.
+
+    ``encoding`` (server.encoding): "auto" sends JSON numbers to a numeric input and base64 JPEG to a
+    ``DT_STRING`` one; "json" and "b64_jpeg" insist, and fail here when the input cannot take them.
+    """
     tensor_in = _pick(meta.inputs, cfg.input, "input", where)
     tensor_out = _pick(meta.outputs, cfg.output, "output", where)
-    height, width = cfg.size or _size_from_shape(tensor_in, where)
-    if tensor_in.dtype not in NUMERIC_DTYPES:
-        raise ModelNotAvailable(f"{where}: input {tensor_in.describe()} is not a numeric image tensor "
-                                "(string/JPEG inputs are not supported yet)")
+    chosen = _encoding_for(tensor_in, encoding, where)
+    if chosen == "b64_jpeg":
+        if cfg.size is None:
+            raise ModelNotAvailable(f"{where}: input {tensor_in.describe()} takes encoded images, whose size "
+                                    "the server does not publish; set model.size: [height, width] to the size "
+                                    "the model resizes to")
+        height, width = cfg.size
+    else:
+        height, width = cfg.size or _size_from_shape(tensor_in, where)
     scale = cfg.scale
     if tensor_in.dtype in INTEGER_DTYPES and scale != "raw":
         raise ModelNotAvailable(f"{where}: input {tensor_in.describe()} takes integers; set model.scale: raw")
     spec = InputSpec(height, width, cfg.resize, cfg.interpolation, scale)
     output_name = tensor_out.name if len(meta.outputs) > 1 else None
-    return ServedModel(meta.version, tensor_in.name, spec, output_name, tensor_in, tensor_out)
+    return ServedModel(meta.version, tensor_in.name, spec, output_name, tensor_in, tensor_out, chosen)
+
+
+def _encoding_for(tensor: TensorInfo, wanted: str, where: str) -> str:
+    """The body encoding this input takes: "json" for numbers, "b64_jpeg" for strings (encoded images)."""
+    takes = "b64_jpeg" if tensor.dtype == "DT_STRING" else "json" if tensor.dtype in NUMERIC_DTYPES else None
+    if takes is None:
+        raise ModelNotAvailable(f"{where}: input {tensor.describe()} is neither a numeric image tensor nor "
+                                "encoded image bytes (DT_STRING)")
+    if wanted not in ("auto", takes):
+        kind = "encoded image bytes (DT_STRING)" if takes == "b64_jpeg" else "numbers"
+        raise ModelNotAvailable(f"{where}: server.encoding is {wanted} but input {tensor.describe()} takes "
+                                f"{kind}; use server.encoding: auto or {takes}")
+    return takes
 
 
 def _pick(tensors: dict[str, TensorInfo] | object, wanted: str | None, role: str, where: str) -> TensorInfo:
@@ -85,13 +110,13 @@ def _size_from_shape(tensor: TensorInfo, where: str) -> tuple[int, int]:
                             "(expected [-1, height, width, 3]); set model.size: [height, width]")
 
 
-def fetch_served_model(client: ServingClient, cfg: ModelConfig) -> ServedModel:
+def fetch_served_model(client: ServingClient, cfg: ModelConfig, encoding: str = "auto") -> ServedModel:
     """Check the pinned version is AVAILABLE, read its metadata, resolve it against the config.
 
     Raises ModelNotAvailable (unknown model/version/label, listing the versions that are) or
     TransientServerError (server unreachable, version still loading).
     """
-    client.check_available()
+    states = client.check_available()
     try:
         meta = client.metadata()
     except PermanentServerError as exc:
@@ -100,4 +125,13 @@ def fetch_served_model(client: ServingClient, cfg: ModelConfig) -> ServedModel:
             raise ModelNotAvailable(f"{exc}; available versions: {versions}", status=exc.status) from exc
         raise
     where = f"model {client.endpoint.model} {client.endpoint.pin} at {client.endpoint.url}"
-    return resolve_model(meta, cfg, where)
+    if client.endpoint.label is not None:  # the label resolves; the version it names must be served too
+        state = next((s.state for s in states if s.version == meta.version), "not listed")
+        if state != "AVAILABLE":
+            raise ModelNotAvailable(f"{where}: the label names version {meta.version}, which is {state}", status=404)
+    return resolve_model(meta, cfg, where, encoding)
+
+
+def body_encoder(server: ServerConfig, model: ModelConfig) -> BodyEncoder:
+    """The request-body writer the config asks for (scale, JSON decimals, JPEG quality)."""
+    return BodyEncoder(model.scale, server.json_decimals, server.jpeg_quality)

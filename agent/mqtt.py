@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.errors import PublishError
+from agent.inbox import CommandInbox
 from agent.logsetup import OncePerWindow
 from agent.outbox import Outbox, OutboxError
 
@@ -45,12 +46,20 @@ class Topics:
     state: str
     command: str
     command_result: str
+    snapshot: str = ""
+    group_commands: tuple[str, ...] = ()  # {prefix}/group/{group}/command for each of device.groups
 
     @classmethod
-    def for_device(cls, prefix: str, device: str) -> Topics:
+    def for_device(cls, prefix: str, device: str, groups: tuple[str, ...] = ()) -> Topics:
         base = f"{prefix}/{device}"
         return cls(f"{base}/availability", f"{base}/result", f"{base}/state", f"{base}/command",
-                   f"{base}/command/result")
+                   f"{base}/command/result", f"{base}/snapshot",
+                   tuple(f"{prefix}/group/{group}/command" for group in groups))
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """Every topic this device takes commands from."""
+        return (self.command, *self.group_commands)
 
 
 def encode_payload(payload: dict) -> bytes:
@@ -80,6 +89,7 @@ class Publisher:
         self._stopping = False
         self._reported_down = False  # one "cannot connect" line per outage, not one per attempt
         self.on_connect_hooks: list[Callable[[], None]] = []
+        self.inbox: CommandInbox | None = None  # set before start(): subscribe to the command topics
         self.client = self._build_client(client_id)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -124,6 +134,8 @@ class Publisher:
             self._sender.join(1.0)  # it ends within one wait; claim() on a closed outbox returns nothing
         if self.outbox is not None:
             self.outbox.close()  # what is left stays on disk for the next run
+        if self.inbox is not None:
+            self.inbox.close()
         return delivered
 
     # -- publishing -----------------------------------------------------------------------------
@@ -242,6 +254,7 @@ class Publisher:
         client.on_connect = _guarded(self._on_connect)
         client.on_disconnect = _guarded(self._on_disconnect)
         client.on_publish = _guarded(self._on_publish)
+        client.on_message = _guarded(self._on_message)
         return client
 
     def _configure_auth(self, client: paho.Client) -> None:
@@ -275,6 +288,8 @@ class Publisher:
             self._publish(self.topics.availability, b"online", retain=True)
         if self._retained_state is not None:
             self._publish(self.topics.state, self._retained_state, retain=True)
+        if self.inbox is not None:
+            self.inbox.subscribe(client)
         for hook in self.on_connect_hooks:
             hook()
         with self._lock:
@@ -294,6 +309,10 @@ class Publisher:
             self._reported_down = True
             logger.warning("mqtt cannot connect host=%s port=%s error=%s; retrying with back-off up to 30 s",
                            self.cfg.host, self.cfg.port, self.refused)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self.inbox is not None:
+            self.inbox.put(message.topic, message.payload, bool(message.retain))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._lock:

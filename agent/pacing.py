@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import select
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -95,17 +96,26 @@ class ReloadSignal:
             pass
         return True
 
-    def wait(self, timeout: float, stop: threading.Event) -> bool:
-        """Block until a reload is requested, ``stop`` is set or ``timeout`` passes; True if either is set."""
+    def wait(self, timeout: float, stop: threading.Event, also: Any = None) -> bool:
+        """Block until a reload is requested, ``stop`` is set, ``also`` (anything with a ``fileno()``, such
+        as the command inbox) turns readable or ``timeout`` passes; True unless the time ran out."""
         if self._flag or stop.is_set():
             return True
-        if not isinstance(stop, StopSignal):  # a plain Event (a caller that owns the signals) has no descriptor
-            return stop.wait(timeout) or self._flag
         poller = select.poll()
-        for fd in (self._read_fd, stop.fileno()):
+        descriptors = [self._read_fd] + ([also.fileno()] if also is not None else [])
+        plain = not isinstance(stop, StopSignal)  # a plain Event (a caller that owns the signals) has no descriptor
+        if isinstance(stop, StopSignal):
+            descriptors.append(stop.fileno())
+        for fd in descriptors:
             poller.register(fd, select.POLLIN)
-        poller.poll(max(0, math.ceil(timeout * 1000)))
-        return self._flag or stop.is_set()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            woken = bool(poller.poll(max(0, math.ceil((min(left, 0.05) if plain else left) * 1000))))
+            if woken or self._flag or stop.is_set():
+                return True
+            if left <= 0:
+                return False
 
     def close(self) -> None:
         """Release the pipe (tests; the agent keeps one for its lifetime)."""
@@ -135,6 +145,59 @@ class Pacer:
             return 0.0
         self.next_due = max(self.next_due + self.interval, time.monotonic())
         return max(0.0, self.next_due - time.monotonic())
+
+
+class Worker:
+    """One long-lived thread for the calls the main loop waits on (a read, a predict), so that a stop
+    signal can abandon a call that hangs -- without starting a thread per call.
+
+    An abandoned call keeps its thread until it returns; that thread then ends, and the next call gets
+    a fresh one.
+    """
+
+    def __init__(self, name: str = "worker"):
+        self.name = name
+        self._jobs: queue.SimpleQueue | None = None
+
+    def call(self, call: Callable[[], T], stop: threading.Event) -> T:
+        """Run ``call`` on the worker thread; raise Stopped as soon as ``stop`` is set."""
+        if stop.is_set():
+            raise Stopped()
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True).start()
+        outcome: dict = {}
+        done = threading.Event()
+        self._jobs.put((call, outcome, done))
+        while not done.wait(0.05):
+            if stop.is_set():
+                self._jobs.put(None)  # the thread ends once the abandoned call returns
+                self._jobs = None
+                raise Stopped()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def close(self) -> None:
+        """Let the thread end (after the call in flight, if any)."""
+        if self._jobs is not None:
+            self._jobs.put(None)
+            self._jobs = None
+
+
+def _serve(jobs: queue.SimpleQueue) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        call, outcome, done = job
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+        del call, outcome, done, job  # hold nothing (a frame, a reply) while idle
 
 
 def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:

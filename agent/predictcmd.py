@@ -7,21 +7,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.config import Config
-from agent.encode import PixelEncoder
+from agent.encode import BodyEncoder
 from agent.errors import AgentError
-from agent.model import ServedModel, fetch_served_model
+from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.serving import ServingClient
 from agent.sources.files import decode_image
 
 
 def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool]]:
     """Yield ``(line, ok)`` per image: ``path: label score (scores) version N``, or the error."""
-    from agent.daemon import make_serving_client
+    from agent.stages import make_serving_client
 
     serving = make_serving_client(config, threading.Event())
     try:
-        model = fetch_served_model(serving, config.model)
-        encoder = PixelEncoder(model.input_spec.scale)
+        model = fetch_served_model(serving, config.model, config.server.encoding)
+        encoder = body_encoder(config.server, config.model)
         for path in paths:
             try:
                 yield _predict_one(path, config, serving, model, encoder), True
@@ -32,7 +32,7 @@ def predict_files(config: Config, paths: list[Path]) -> Iterator[tuple[str, bool
 
 
 def _predict_one(path: Path, config: Config, serving: ServingClient, model: ServedModel,
-                 encoder: PixelEncoder) -> str:
+                 encoder: BodyEncoder) -> str:
     body = model.request_body(decode_image(path, config.camera.swap_rb), encoder, serving.signature)
     result = model.classification(serving.predict(body), config.model.labels, config.model.threshold)
     scores = ", ".join(f"{k} {v:.3f}" for k, v in result.scores.items())

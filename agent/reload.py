@@ -1,7 +1,7 @@
 """SIGHUP: read the config file again and switch to it without a restart, or keep the old one whole.
 
-``plan_reload`` sorts what changed. Some keys apply in place (camera.fps, model.threshold and labels,
-server.refresh_s, mqtt.state_interval_s, mqtt.outbox.max_messages, log_level); the others rebuild the
+``plan_reload`` sorts what changed. Some keys apply in place (camera.fps, camera.skip_unchanged, model.threshold
+and labels, server.refresh_s, mqtt.state_interval_s, mqtt.outbox.max_messages, log_level); the others rebuild the
 stage they belong to: the source (camera.*), the serving client and model (server.*, model.*) or the
 MQTT publisher (mqtt.*, device.id). state_dir is refused: the outbox lives there.
 
@@ -20,22 +20,25 @@ from typing import Any
 
 from agent.config import CameraConfig, Config
 from agent.configload import load_config
-from agent.daemon import Agent, make_serving_client, open_outbox
-from agent.encode import PixelEncoder
+from agent.control import effective_config, make_publisher
+from agent.daemon import Agent
 from agent.errors import AgentError, CameraStalled, ConfigError, SourceError
-from agent.model import ServedModel, fetch_served_model
-from agent.mqtt import Publisher, Topics
+from agent.model import ServedModel, body_encoder, fetch_served_model
+from agent.mqtt import Publisher
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, Stopped, call_unless_stopped
+from agent.scene import scene_gate
 from agent.serving import ServingClient
 from agent.sources import opened_source, source_kind
 from agent.sources.base import FrameSource
+from agent.stages import make_serving_client, open_outbox
 
 logger = logging.getLogger(__name__)
 
 SOURCE, SERVING, PUBLISHER = "source", "serving", "publisher"
-IN_PLACE = frozenset({"camera.fps", "model.threshold", "model.labels", "server.refresh_s", "mqtt.state_interval_s",
-                      "mqtt.outbox.max_messages", "log_level"})
+IN_PLACE = frozenset({"camera.fps", "camera.skip_unchanged", "camera.skip_unchanged.threshold",
+                      "camera.skip_unchanged.max_interval_s", "model.threshold", "model.labels", "server.refresh_s",
+                      "mqtt.state_interval_s", "mqtt.outbox.max_messages", "log_level"})
 RESTART_ONLY = {"state_dir": "state_dir cannot change without a restart (the outbox lives there)"}
 
 
@@ -119,7 +122,8 @@ def apply_reload(agent: Agent) -> None:
 
 def reload_from(agent: Agent, path: str) -> None:
     try:
-        new = load_config(path)
+        in_file = load_config(path)
+        new = effective_config(in_file, agent.control.assignment)  # an assignment outlives a reload
         plan = plan_reload(agent.config, new)
         if plan.refused:
             raise ConfigError([f"{path}: {plan.refused}"])
@@ -134,6 +138,8 @@ def reload_from(agent: Agent, path: str) -> None:
         reject(agent, path, [str(exc)])
     else:
         switch(agent, new, staged)
+        agent.control.file_config = in_file
+        agent.control.show()
         logger.info("config reloaded path=%s changed=%s", path, ",".join(plan.changed) or "none")
         agent.reporter.publish()  # the new version, label and topics show at once
 
@@ -156,8 +162,7 @@ def prepare(agent: Agent, new: Config, plan: Plan) -> Staged:
         if SERVING in plan.rebuild:
             staged.serving, staged.model = resolve(agent, new)
         if PUBLISHER in plan.rebuild:
-            staged.publisher = Publisher(new.mqtt, Topics.for_device(new.mqtt.topic_prefix, new.device.id),
-                                         new.client_id)  # loads credentials and TLS files: may refuse
+            staged.publisher = make_publisher(new)  # loads credentials and TLS files: may refuse
         if SOURCE in plan.rebuild and agent.source is not None:  # not opened yet: run() opens the new one
             staged.source = replace_source(agent, new.camera)
     except BaseException:
@@ -173,7 +178,9 @@ def resolve(agent: Agent, config: Config) -> tuple[ServingClient, ServedModel | 
     if agent.model is None:
         return client, None  # start-up waits out an unreachable server with whatever client it has
     try:
-        return client, call_unless_stopped(lambda: fetch_served_model(client, config.model), agent.stop)
+        model = call_unless_stopped(lambda: fetch_served_model(client, config.model, config.server.encoding),
+                                    agent.stop)
+        return client, model
     except BaseException:
         client.close()
         raise
@@ -205,7 +212,7 @@ def switch(agent: Agent, new: Config, staged: Staged) -> None:
     """Put the new stages and config in place; nothing here refuses any more."""
     if staged.serving is not None:
         agent.serving.close()
-        agent.serving, agent.encoder = staged.serving, PixelEncoder(new.model.scale)
+        agent.serving, agent.encoder = staged.serving, body_encoder(new.server, new.model)
         agent.outage.initial_s = new.server.retry.initial_s
     if staged.model is not None:
         agent.model = staged.model
@@ -237,6 +244,8 @@ def apply_in_place(agent: Agent, new: Config) -> None:
     old = agent.config
     if new.camera.fps != old.camera.fps:
         agent.pacer = Pacer(new.camera.fps)
+    if new.camera != old.camera:  # new skip_unchanged settings or a new source: compare afresh from the next frame
+        agent.gate = scene_gate(new.camera.skip_unchanged)
     if new.server.refresh_s != old.server.refresh_s:
         agent.next_refresh = time.monotonic() + new.server.refresh_s
     if new.log_level != old.log_level:  # a changed file wins over `--log-level`; an unchanged one does not

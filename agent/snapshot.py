@@ -63,12 +63,12 @@ def model_input(config: Config) -> tuple[InputSpec, str]:
     cfg = config.model
     if cfg.size is not None:
         return _spec(config, cfg.size), "model.size"
-    from agent.daemon import make_serving_client
     from agent.model import fetch_served_model
+    from agent.stages import make_serving_client
 
     serving = make_serving_client(config, threading.Event())
     try:
-        return fetch_served_model(serving, cfg).input_spec, "from the server's metadata"
+        return fetch_served_model(serving, cfg, config.server.encoding).input_spec, "from the server's metadata"
     except ServerError as exc:
         logger.warning("server metadata unavailable, using %dx%d: %s", *DEFAULT_SIZE, exc)
         return _spec(config, DEFAULT_SIZE), "server unreachable: default size"

@@ -57,10 +57,13 @@ class StateReporter:
         self.last_key: tuple = ()
         self.last_errors = 0
 
-    def publish(self) -> None:
+    def snapshot(self) -> dict:
+        """The state payload as it is now."""
         self.health.refresh_status()
-        self.publisher.publish_state(self.health.snapshot(queued=self.publisher.pending(),
-                                                          dropped=self.publisher.dropped))
+        return self.health.snapshot(queued=self.publisher.pending(), dropped=self.publisher.dropped)
+
+    def publish(self) -> None:
+        self.publisher.publish_state(self.snapshot())
         self.last_sent = time.monotonic()
         self.last_key, self.last_errors = self._key(), self._errors()
 
@@ -73,7 +76,7 @@ class StateReporter:
 
     def _key(self) -> tuple:
         h = self.health
-        return (h.status, h.server_ok, h.camera_ok, h.version)
+        return (h.status, h.server_ok, h.camera_ok, h.version, str(h.pin), h.paused)
 
     def _errors(self) -> int:
         return sum(self.health.errors.values())

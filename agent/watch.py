@@ -1,13 +1,69 @@
-"""A terminal view of what devices publish: availability, results, state (``catdog-agent watch``)."""
+"""A terminal view of what devices publish (``catdog-agent watch``): the fleet table (agent/fleetview.py) by
+default, or with ``--lines`` one line per message (availability, results, state)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import threading
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+
+if TYPE_CHECKING:
+    from agent.fleetclient import BrokerAddress, Credentials
+
+EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 69
+
+
+def watch(args: argparse.Namespace) -> int:
+    """``catdog-agent watch``: broker from --broker, --host/--port or --config (in that order), then localhost."""
+    if args.broker is not None and (args.host is not None or args.port is not None):
+        args.parser.error("--broker replaces --host/--port: give one or the other")
+    broker, prefix, credentials = _connection(args)
+    if not args.lines:
+        from agent.fleetview import watch_table
+
+        return watch_table(broker, prefix=prefix, device=args.device, credentials=credentials,
+                           interval=args.interval)
+    watcher = Watcher(broker.host, broker.port_for(credentials.uses_tls), prefix, args.device, out=sys.stdout,
+                      credentials=credentials)
+    try:
+        watcher.start()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"error: cannot reach the MQTT broker {broker}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        threading.Event().wait()
+    finally:
+        watcher.stop()
+    return EXIT_OK
+
+
+def _connection(args: argparse.Namespace) -> tuple[BrokerAddress, str, Credentials]:
+    from agent.fleetclient import BrokerAddress, Credentials
+
+    broker = args.broker or BrokerAddress(args.host or "", args.port)
+    prefix = args.prefix
+    credentials = Credentials(username=args.username, password_file=args.password_file, tls=args.tls,
+                              ca_certs=args.ca_certs)
+    if args.config is not None:
+        from agent.configload import load_config
+
+        mqtt = load_config(args.config).mqtt
+        broker = BrokerAddress(broker.host or mqtt.host, broker.port or mqtt.port)
+        prefix = prefix or mqtt.topic_prefix
+        if not (args.username or args.tls or args.ca_certs):
+            tls = mqtt.tls
+            credentials = Credentials(username=mqtt.username, password_file=mqtt.password_file, tls=tls is not None,
+                                      ca_certs=tls.ca_certs if tls else None, certfile=tls.certfile if tls else None,
+                                      keyfile=tls.keyfile if tls else None)
+    return BrokerAddress(broker.host or "localhost", broker.port), prefix or "catdog", credentials
 
 
 def format_message(topic: str, payload: bytes) -> str | None:
@@ -38,8 +94,10 @@ class Watcher:
     """Subscribes to ``{prefix}/{device}/#`` and writes one line per message to ``out``."""
 
     def __init__(self, host: str, port: int, prefix: str = "catdog", device: str = "+",
-                 out: TextIO | None = None, on_message: Callable[[str, bytes], None] | None = None):
+                 out: TextIO | None = None, on_message: Callable[[str, bytes], None] | None = None,
+                 credentials: Credentials | None = None):
         self.host, self.port = host, port
+        self.credentials = credentials
         self.topic = f"{prefix}/{device}/#"
         self.out = out
         self.extra = on_message
@@ -51,6 +109,8 @@ class Watcher:
         self.client.on_message = self._on_message
 
     def start(self) -> Watcher:
+        if self.credentials is not None:
+            self.credentials.apply(self.client)
         self.client.connect(self.host, self.port, keepalive=30)
         self.client.loop_start()
         return self

@@ -9,7 +9,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
 
-from agent.config import Config, MqttConfig, TlsConfig
+from agent.config import Config, MqttConfig, SkipUnchangedConfig, TlsConfig
 from agent.configload import load_config, parse_config, reference_rows
 from agent.errors import ConfigError
 
@@ -112,6 +112,14 @@ def test_empty_tls_section_turns_tls_on_with_defaults(config_dir: Path) -> None:
     assert config.mqtt.tls == TlsConfig()
 
 
+def test_skip_unchanged_is_off_unless_present_and_an_empty_section_takes_the_defaults(config_dir: Path) -> None:
+    assert load_config(write(config_dir, doc(""))).camera.skip_unchanged is None
+    config = load_config(write(config_dir, doc("camera:\n  source: f\n  skip_unchanged:\n")))
+    assert config.camera.skip_unchanged == SkipUnchangedConfig(threshold=0.02, max_interval_s=60.0)
+    text = doc("camera:\n  source: f\n  skip_unchanged:\n    threshold: 0.1\n    max_interval_s: 5\n")
+    assert load_config(write(config_dir, text)).camera.skip_unchanged == SkipUnchangedConfig(0.1, 5.0)
+
+
 def test_section_with_every_key_commented_out_takes_the_defaults(config_dir: Path) -> None:
     config = load_config(write(config_dir, doc("model:\n  # labels: [a, b]\n")))
     assert config.model.labels == ("cat", "dog")
@@ -131,7 +139,8 @@ BAD_CONFIGS = [
                  "mqtt.prot: unknown key (did you mean 'port'?) (line 3)", id="unknown-key-with-hint"),
     pytest.param(doc("mqtt:\n  host: b\n  zzz: 1\n"), "mqtt.zzz: unknown key (line 3)", id="unknown-key-no-hint"),
     pytest.param(doc("camera:\n  source: f\n  threshold: 0.7\n"),
-                 "camera.threshold: unknown key (did you mean 'model.threshold'?) (line 3)", id="key-in-wrong-section"),
+                 "camera.threshold: unknown key (did you mean 'camera.skip_unchanged.threshold' or 'model.threshold'?) "
+                 "(line 3)", id="key-in-wrong-section"),
     pytest.param(doc("modle:\n  labels: [a, b]\n"), "modle: unknown key (did you mean 'model'?) (line 1)",
                  id="misspelt-section"),
     pytest.param(doc("mqtt:\n  host: b\n  port: '1883'\n"), "mqtt.port: expected an integer, got '1883' (line 3)",
@@ -213,6 +222,10 @@ BAD_CONFIGS = [
                  "server: set either version or label, not both (line 5)", id="version-and-label"),
     pytest.param(doc("server:\n  url: http://m\n  model: m\n  timeout_s: 0\n"),
                  "server.timeout_s: must be more than 0 and at most 86400 seconds (got 0) (line 4)", id="timeout"),
+    pytest.param(doc("server:\n  url: http://m\n  model: m\n  json_decimals: 3\n"),
+                 "server.json_decimals: must be 4 to 9 (got 3) (line 4)", id="json-decimals"),
+    pytest.param(doc("server:\n  url: http://m\n  model: m\n  jpeg_quality: 0\n"),
+                 "server.jpeg_quality: must be 1 to 100 (got 0) (line 4)", id="jpeg-quality"),
     pytest.param(doc("server:\n  url: http://m\n  model: m\n  retry:\n    attempts: 0\n"),
                  "server.retry.attempts: must be 1 or more (got 0) (line 5)", id="retry-attempts"),
     pytest.param(doc("server:\n  url: http://m\n  model: m\n  retry:\n    initial_s: 0\n"),
@@ -505,6 +518,13 @@ def test_the_examples_cover_every_file_in_config() -> None:
     ("  capture_fps: 0.2\n  timeout_s: 5\n", "camera.capture_fps: 0.2 fps is too slow for camera.timeout_s 5"),
     ("  flip: upside-down\n", "camera.flip"),
     ("  reconnect:\n    initial_s: 5\n    max_s: 1\n", "camera.reconnect.max_s: must be at least initial_s (5)"),
+    ("  skip_unchanged:\n    threshold: 0\n",
+     "camera.skip_unchanged.threshold: must be more than 0 and at most 1, a share of the picture (got 0) (line 4)"),
+    ("  skip_unchanged:\n    threshold: 2\n", "camera.skip_unchanged.threshold: must be more than 0 and at most 1"),
+    ("  skip_unchanged:\n    max_interval_s: 0\n",
+     "camera.skip_unchanged.max_interval_s: must be more than 0 and at most 86400 seconds (got 0) (line 4)"),
+    ("  skip_unchanged:\n    max_interval_s: 100000\n", "camera.skip_unchanged.max_interval_s: must be more than 0"),
+    ("  skip_unchanged: true\n", "camera.skip_unchanged: expected a mapping, got true (line 3)"),
 ])
 def test_camera_timing_keys_are_checked(config_dir: Path, camera: str, problem: str) -> None:
     with pytest.raises(ConfigError) as raised:

@@ -6,7 +6,9 @@ that passes against the stand-in meets the same bytes as against tensorflow/serv
 
 from __future__ import annotations
 
+import base64
 import gzip
+import io
 import json
 import math
 import os
@@ -22,9 +24,13 @@ import pytest
 import requests
 from PIL import Image
 
+from agent import devjson, devtensors
+from agent.devjson import ApiError, parse_request_json
 from agent.devmodels import make_model_base
 from agent.devserver import DevServer, Fault
 from agent.devtensors import predict_body
+from agent.encode import PixelEncoder
+from agent.encode import predict_body as agent_body
 
 MODEL = "cat_dog_classifier"
 SAMPLES = Path(__file__).resolve().parent.parent / "agent" / "samples"
@@ -55,6 +61,12 @@ def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_model_base(base, "two_outputs", versions=(1,), builtin={"extra_outputs": True})
     make_model_base(base, "half_broken", versions=(1,))
     (base / "half_broken" / "2").mkdir()  # a version folder with no model: its load fails
+    make_model_base(base, "bright", versions=(1,), builtin={"model": "mean_brightness"})
+    jpeg_input = {"size": [150, 150], "scale": "unit"}
+    make_model_base(base, "bright_jpeg", versions=(1,), builtin={"model": "mean_brightness"}, jpeg_input=jpeg_input)
+    make_model_base(base, "cnn_jpeg", versions=(1,), jpeg_input=jpeg_input)  # seed 1: MODEL version 1 behind it
+    make_model_base(base, "bad_signature", versions=(1, 2), jpeg_input=jpeg_input)
+    (base / "bad_signature" / "2" / "signature.json").write_text('{"size": [150, 150], "scale": "percent"}')
     return base
 
 
@@ -498,6 +510,211 @@ def test_reply_layout_matches_the_half_plus_three_example():
     assert predict_body(outputs, row=False) == '{\n    "outputs": [\n        3.5,\n        4.0,\n        5.5\n    ]\n}'
 
 
+# --- mean_brightness: the zero-cost model ---------------------------------------------------------------------
+
+
+def b64_of(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def serving_signature(http: requests.Session, server: DevServer, path: str) -> dict:
+    metadata = json.loads(http.get(f"{server.url}{path}/metadata", timeout=10).content)
+    return metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+
+
+def test_mean_brightness_has_the_tutorial_cnns_signature(server, http):
+    bright = serving_signature(http, server, "/v1/models/bright")
+    tutorial = serving_signature(http, server, f"/v1/models/{MODEL}")
+
+    assert bright == tutorial
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1.0, 1.0), (0.0, 0.0), (0.25, 0.25), (3.0, 1.0)])
+def test_mean_brightness_scores_the_clipped_mean(server, http, value, expected):
+    response = post(http, server, "/v1/models/bright:predict", {"instances": [np.full((150, 150, 3), value).tolist()]})
+
+    assert prediction(response) == expected
+
+
+def test_mean_brightness_of_a_photo_is_its_mean_value(server, http, dog, cat):
+    scores = json.loads(post(http, server, "/v1/models/bright:predict", {"instances": [dog, cat]}).content)
+
+    expected = [np.mean(np.asarray(image, np.float32), dtype=np.float64) for image in (dog, cat)]
+    assert [row[0] for row in scores["predictions"]] == pytest.approx(expected, abs=1e-6)
+
+
+def test_mean_brightness_refuses_a_wrong_shape_with_a_tf_matmul_error(server, http):
+    response = post(http, server, "/v1/models/bright:predict", {"instances": [np.zeros((10, 10, 3)).tolist()]})
+
+    assert response.status_code == 400
+    assert error_of(response) == (
+        "Matrix size-incompatible: In[0]: [1,300], In[1]: [67500,1]\n\t [[{{node sequential/dense_1/MatMul}}]]"
+    )
+
+
+# --- signature.json: encoded images in front of the model ----------------------------------------------------
+
+
+def test_an_encoded_image_signature_has_one_dt_string_input_of_any_length(server, http):
+    response = http.get(f"{server.url}/v1/models/cnn_jpeg/metadata", timeout=10)
+    serving = serving_signature(http, server, "/v1/models/cnn_jpeg")
+
+    assert serving["inputs"] == {
+        "image_bytes": {
+            "dtype": "DT_STRING",
+            "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False},
+            "name": "serving_default_image_bytes:0",
+        }
+    }
+    assert serving["outputs"] == serving_signature(http, server, f"/v1/models/{MODEL}")["outputs"]
+    assert (
+        '   "inputs": {\n    "image_bytes": {\n     "dtype": "DT_STRING",\n     "tensor_shape": {\n'
+        '      "dim": [\n       {\n        "size": "-1",\n        "name": ""\n       }\n      ],\n'
+        '      "unknown_rank": false\n     },\n     "name": "serving_default_image_bytes:0"\n    }\n   },\n'
+    ) in response.text
+
+
+@pytest.mark.parametrize(("wrapped", "unwrapped"), [("cnn_jpeg", f"{MODEL}/versions/1"), ("bright_jpeg", "bright")])
+@pytest.mark.parametrize("form", ["plain", "named"])
+@pytest.mark.parametrize("name", ["dog.jpg", "chelsea.png"])
+def test_an_encoded_photo_scores_as_its_resized_tensor_does(server, http, wrapped, unwrapped, form, name):
+    value = b64_of((SAMPLES / name).read_bytes())
+    instance = value if form == "plain" else {"image_bytes": value}
+
+    from_bytes = prediction(post(http, server, f"/v1/models/{wrapped}:predict", {"instances": [instance]}))
+    from_tensor = prediction(post(http, server, f"/v1/models/{unwrapped}:predict", {"instances": [photo(name)]}))
+
+    assert from_bytes == pytest.approx(from_tensor, abs=1e-6)
+
+
+def test_encoded_images_batch_in_columnar_form(server, http):
+    images = [b64_of((SAMPLES / name).read_bytes()) for name in ("dog.jpg", "chelsea.png")]
+
+    path = "/v1/models/bright_jpeg:predict"
+    batch = json.loads(post(http, server, path, {"inputs": {"image_bytes": images}}).content)
+    singles = [prediction(post(http, server, path, {"instances": [image]})) for image in images]
+
+    assert batch == {"outputs": [[singles[0]], [singles[1]]]}
+
+
+@pytest.mark.parametrize(
+    ("instance", "error"),
+    [
+        (b64_of(b"garbage, not an image"), "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+        ("a raw JSON string", "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+        (
+            b64_of((SAMPLES / "dog.jpg").read_bytes()[:5000]),
+            "jpeg::Uncompress failed. Invalid JPEG data or crop window.",
+        ),
+        (b64_of(b""), "Input is empty."),
+    ],
+    ids=["garbage", "raw-string", "truncated-jpeg", "empty"],
+)
+def test_undecodable_images_are_400_with_tfs_decode_error(server, http, instance, error):
+    response = post(http, server, "/v1/models/bright_jpeg:predict", {"instances": [instance]})
+
+    assert response.status_code == 400
+    assert error_of(response) == error + "\n\t [[{{node map/while/decode_image/DecodeImage}}]]"
+
+
+def test_a_float_tensor_sent_to_an_encoded_image_signature_is_a_type_error(server, http, cat):
+    response = post(http, server, "/v1/models/bright_jpeg:predict", {"instances": [cat]})
+
+    assert response.status_code == 400
+    assert error_of(response).startswith("Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: ")
+    assert error_of(response).endswith("is not of expected type: string")
+
+
+def test_a_bad_signature_json_leaves_its_version_in_end(server, http):
+    status = json.loads(http.get(f"{server.url}/v1/models/bad_signature", timeout=10).content)
+    entries = status["model_version_status"]
+
+    assert [(s["version"], s["state"], s["status"]["error_code"]) for s in entries] == [
+        ("2", "END", "INVALID_ARGUMENT"),
+        ("1", "AVAILABLE", "OK"),
+    ]
+    message = entries[0]["status"]["error_message"]
+    assert "signature.json: scale must be one of unit, symmetric, raw, not 'percent'" in message
+
+
+# --- the fast paths: orjson, vectorised tensors ----------------------------------------------------------------
+
+PARSED_ALIKE = [
+    b'{"instances": [1.0, 1, -0, -0.0, 1e2, 1E-2, 0.1, 123456789012345678]}',
+    b'{"a": 1, "a": 2, "b": {"c": [1], "c": [2]}}',
+    b'{"instances": [{"x": 1, "x": 2}, {"y": 3}]}',
+    b'{"k:ey": 1, "k:ey": 2}',
+    b'{"big": [18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809]}',
+    b'{"x": NaN, "y": [Infinity, -Infinity]}',
+    b'{"instances": [1]} trailing garbage',
+    b'\xef\xbb\xbf{"bom": true}',
+    b' \t\n{"s": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00 a:b \\" \\\\"}\n',
+    b'{"s": "\xff\xfe"}',
+    b'{"s": "\\ud800"}',
+    b'{"n": null, "t": true, "f": false, "e": {}, "l": [], "m": 1.7976931348623157e308, "u": 5e-324, "o": 1e400}',
+    b'{"d": 0.30000000000000004, "e": 1234567890123456789012.5}',
+    b'{"s": ["caf\xc3\xa9 \\u00e9 \\ud83d\\ude00 \\" \\\\ \\/ \\n", ""], "n": null, "t": [true, false], "e": [{}, []]}',
+    b'{"m": 1.7976931348623157e308, "u": 5e-324, "f": [2.5e-8, -1.5E+30, 0.1, 1.0000001]}',
+]
+
+
+@pytest.mark.parametrize("body", PARSED_ALIKE)
+def test_the_fast_parse_gives_exactly_what_the_faithful_parser_gives(monkeypatch, body):
+    fast = parse_request_json(body)
+    monkeypatch.setattr(devjson, "orjson", None)
+    faithful = parse_request_json(body)
+
+    assert repr(fast) == repr(faithful)  # repr tells 1 from 1.0 and -0.0 from 0.0, and keeps key order
+
+
+def test_orjson_takes_the_agents_pixel_body_and_leaves_nan_to_the_fallback():
+    pytest.importorskip("orjson")
+    pixels = np.asarray(Image.open(SAMPLES / "dog.jpg").convert("RGB").resize((150, 150)))
+    body = agent_body(pixels, PixelEncoder("unit", 4), input_name="conv2d_input", signature="serving_default")
+
+    assert devjson._fast_parse(body) == parse_request_json(body)
+    assert devjson._fast_parse(b'{"instances": [NaN]}') is None
+    assert math.isnan(parse_request_json(b'{"instances": [NaN]}')["instances"][0])
+
+
+def test_the_fast_parse_reads_every_float_text_to_the_same_double(monkeypatch):
+    pytest.importorskip("orjson")
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal(3000) * 10.0 ** rng.integers(-300, 300, 3000)
+    texts = [repr(float(v)) for v in values] + [f"{v:.4f}" for v in rng.random(1000)]
+    body = ('{"instances": [' + ", ".join(texts + [f"{v:.9g}" for v in values[:999]]) + "]}").encode()
+
+    fast = devjson._fast_parse(body)
+    monkeypatch.setattr(devjson, "orjson", None)
+
+    assert fast is not None
+    assert fast["instances"] == parse_request_json(body)["instances"]
+
+
+TENSOR_VALUES = [
+    [[1.0, 2], [3, 4.5]], 0.5, [0.0, 1.0, 1], [[1.0, True]], [[0.0, False]], [True, False], [[1.0, None]],
+    [["1.5", 2.0]], [[1.0, {}]], [[1.0], "x"], [[1.0, 2.0], "ab"], [[1.0, 2.0], {"a": 1, "b": 2}], [[], []],
+    [[1.0, [2.0]]], [[1.0, 2.0], [3.0]], [1e39, -1e39, float("nan")], [2**70, -(2**63)], [[{"b64": "aGk="}]],
+    ["aGk=", "x"], [[1, 2], [3, 2**31]], [{}, {}], [[[1.0]], [[2.0]]],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["DT_FLOAT", "DT_DOUBLE", "DT_BOOL", "DT_INT32", "DT_STRING", "DT_HALF"])
+@pytest.mark.parametrize("value", TENSOR_VALUES, ids=range(len(TENSOR_VALUES)))
+def test_the_vectorised_tensor_path_equals_the_exact_one(monkeypatch, value, dtype):
+    def outcome() -> tuple:
+        try:
+            array = devtensors._tensor_from_json(value, dtype)
+        except ApiError as exc:
+            return exc.code, exc.message
+        return array.dtype.str, array.shape, repr(array.tolist())
+
+    fast = outcome()
+    monkeypatch.setattr(devtensors, "_fast_array", lambda *args: None)
+
+    assert outcome() == fast
+
+
 # --- states, labels, versions -----------------------------------------------------------------------
 
 
@@ -688,6 +905,46 @@ def test_cli_prints_one_listening_line_and_exits_cleanly_on_sigterm(http):
     assert code == 0
 
 
+def test_cli_serves_mean_brightness_behind_an_encoded_image_input(http):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.devserver", "--builtin", "--builtin-model", "mean_brightness",
+         "--jpeg-input", "symmetric", "--versions", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        found = re.fullmatch(rf"devserver listening on (http://[0-9.:]+) model={MODEL} versions=3 kind=builtin\n", line)
+        assert found, line
+        url = found.group(1)
+        metadata = json.loads(http.get(f"{url}/v1/models/{MODEL}/metadata", timeout=10).content)
+        grey = io.BytesIO()
+        Image.new("RGB", (20, 20), (191, 191, 191)).save(grey, "PNG")
+        body = {"instances": [b64_of(grey.getvalue())]}
+        score = prediction(http.post(f"{url}/v1/models/{MODEL}:predict", data=json.dumps(body), timeout=10))
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=10)
+    finally:
+        process.kill()
+        process.communicate()
+
+    inputs = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]
+    assert [(name, spec["dtype"]) for name, spec in inputs.items()] == [("image_bytes", "DT_STRING")]
+    assert score == pytest.approx(191 / 127.5 - 1, abs=1e-6)  # symmetric scale: [-1, 1]
+    assert code == 0
+
+
+def test_cli_refuses_model_options_with_a_model_base(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "agent.devserver", "--model-base", str(tmp_path), "--jpeg-input"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+    assert process.returncode == 2
+    assert "--builtin-model and --jpeg-input apply to --builtin/--onnx" in process.stderr
+
+
 # --- the real model (ONNX), where available --------------------------------------------------------------
 
 
@@ -697,6 +954,7 @@ def onnx_server(tmp_path_factory: pytest.TempPathFactory):
     if not path or not Path(path).is_file():
         pytest.skip("CATDOG_ONNX_MODEL is not set to the ONNX model file")
     base = make_model_base(tmp_path_factory.mktemp("onnx"), MODEL, versions=(1,), onnx=Path(path))
+    make_model_base(base, "onnx_jpeg", versions=(1,), onnx=Path(path), jpeg_input={"size": [150, 150]})
     with DevServer(base) as running:
         yield running
 
@@ -722,3 +980,15 @@ def test_onnx_shape_errors_are_400_with_the_runtimes_text(onnx_server, http):
 
     assert response.status_code == 400
     assert "Got invalid dimensions for input: conv2d_input" in error_of(response)
+
+
+def test_onnx_model_behind_an_encoded_image_signature_scores_photos_as_their_tensors(onnx_server, http, cat, dog):
+    scores = {}
+    for name, tensor in (("chelsea.png", cat), ("dog.jpg", dog)):
+        value = b64_of((SAMPLES / name).read_bytes())
+        from_bytes = prediction(post(http, onnx_server, "/v1/models/onnx_jpeg:predict", {"instances": [value]}))
+        from_tensor = prediction(post(http, onnx_server, PREDICT, {"instances": [tensor]}))
+        assert from_bytes == pytest.approx(from_tensor, abs=1e-6)
+        scores[name] = from_bytes
+
+    assert scores["chelsea.png"] < 0.1 < 0.9 < scores["dog.jpg"]

@@ -15,9 +15,11 @@ from agent.mqtt import Publisher, Topics, encode_payload
 
 
 def test_topics_follow_the_contract():
-    topics = Topics.for_device("catdog", "porch-pi")
+    topics = Topics.for_device("catdog", "porch-pi", ("garden", "north"))
     assert topics == Topics("catdog/porch-pi/availability", "catdog/porch-pi/result", "catdog/porch-pi/state",
-                            "catdog/porch-pi/command", "catdog/porch-pi/command/result")
+                            "catdog/porch-pi/command", "catdog/porch-pi/command/result", "catdog/porch-pi/snapshot",
+                            ("catdog/group/garden/command", "catdog/group/north/command"))
+    assert topics.commands == ("catdog/porch-pi/command", "catdog/group/garden/command", "catdog/group/north/command")
 
 
 def test_payload_encoding_is_compact_json_and_refuses_nan():

@@ -8,8 +8,9 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 
-from agent.pacing import Pacer, Stopped, StopSignal, call_unless_stopped
+from agent.pacing import Pacer, Stopped, StopSignal, Worker, call_unless_stopped
 
 
 def test_stop_signal_wakes_every_waiting_thread_and_stays_set():
@@ -74,3 +75,35 @@ def test_call_unless_stopped_abandons_a_hung_call_when_stopped():
     release.set()
 
 
+
+
+def workers() -> int:
+    """Threads of the Worker under test (other tests' timers and helpers may come and go meanwhile)."""
+    return sum(thread.name == "test-worker" for thread in threading.enumerate())
+
+
+def test_worker_runs_every_call_on_one_thread_and_hands_back_values_and_errors():
+    stop, worker = threading.Event(), Worker("test-worker")
+    threads = {worker.call(threading.get_ident, stop) for _ in range(200)}
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert workers() == 1
+    with pytest.raises(ZeroDivisionError):
+        worker.call(lambda: 1 / 0, stop)
+    assert worker.call(lambda: 42, stop) == 42
+    worker.close()
+    assert wait_until(lambda: workers() == 0)
+
+
+def test_worker_abandons_a_hung_call_on_stop_and_its_thread_ends_when_the_call_returns():
+    stop, worker = threading.Event(), Worker("test-worker")
+    release = threading.Event()
+    threading.Timer(0.1, stop.set).start()
+    with pytest.raises(Stopped):
+        worker.call(lambda: release.wait(30), stop)
+    with pytest.raises(Stopped):
+        worker.call(lambda: 1, stop)  # stopped: nothing more is started
+    release.set()
+    assert wait_until(lambda: workers() == 0)
+    fresh = threading.Event()
+    assert worker.call(lambda: 7, fresh) == 7  # a later call (a new run) gets a new thread
+    worker.close()

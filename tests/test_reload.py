@@ -300,6 +300,8 @@ def config_with(tmp_path, **changes):
         pytest.param({"server__version": 1}, ("server.version",), {SERVING}, id="version"),
         pytest.param({"model__scale": "raw"}, ("model.scale",), {SERVING}, id="model-input"),
         pytest.param({"camera__flip": "rotate-180"}, ("camera.flip",), {SOURCE}, id="camera"),
+        pytest.param({"camera__skip_unchanged": {"threshold": 0.05}}, ("camera.skip_unchanged",), set(),
+                     id="skip-unchanged-in-place"),
         pytest.param({"mqtt__topic_prefix": "x", "device": {"id": "porch-2"}},
                      ("device.id", "mqtt.topic_prefix"), {PUBLISHER}, id="topics"),
         pytest.param({"mqtt__tls": {}}, ("mqtt.tls",), {PUBLISHER}, id="tls-turned-on"),
@@ -317,6 +319,14 @@ def test_plan_for_a_video_rebuilds_the_source_when_only_fps_changes(tmp_path):
     old = config_with(tmp_path, camera__source=str(tmp_path / "clip.mp4"))
     plan = plan_reload(old, config_with(tmp_path, camera__source=str(tmp_path / "clip.mp4"), camera__fps=3))
     assert plan.changed == ("camera.fps",) and plan.rebuild == {SOURCE}
+
+
+def test_plan_changes_skip_unchanged_settings_in_place_even_for_a_video(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    clip = str(tmp_path / "clip.mp4")
+    old = config_with(tmp_path, camera__source=clip, camera__skip_unchanged={})
+    plan = plan_reload(old, config_with(tmp_path, camera__source=clip, camera__skip_unchanged={"max_interval_s": 5}))
+    assert plan.changed == ("camera.skip_unchanged.max_interval_s",) and plan.rebuild == set()
 
 
 def test_plan_refuses_a_new_state_dir(tmp_path):
