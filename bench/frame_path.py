@@ -341,7 +341,8 @@ def measure(args: argparse.Namespace) -> dict:
         sides = {}
         for name in SIDES:
             config = agent_config(work / f"{name}.yaml", url=url, port=broker.port, source=folder,
-                                  state_dir=work / f"state-{name}", encoding=name if name != "tutorial" else "json")
+                                  state_dir=work / f"state-{name}", encoding=name if name != "tutorial" else "json",
+                                  device=f"{DEVICE}-{name.replace('_', '-')}")  # one MQTT client id each
             sides[name] = Side(name, frames, url, config)
         for _ in range(args.rounds):
             for side in sides.values():
