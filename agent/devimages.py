@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from agent.devmodeltypes import ModelError, ServedModel, TensorSpec, config_error, is_size, read_config, tf_node
+from agent.preprocess import normalize
 
 _IMAGE_KEYS = {"input", "decode", "size", "scale"}
 _SCALES = ("unit", "symmetric", "raw")  # as agent.preprocess: p/255, p/127.5 - 1, p
@@ -55,15 +56,6 @@ def _bad_image_text(kind: str, data: bytes, exc: Exception) -> str:
     }.get(kind, f"Invalid BMP data (size {len(data)}), {exc}")
 
 
-def _scaled(pixels: np.ndarray, scale: str) -> np.ndarray:
-    values = pixels.astype(np.float32)
-    if scale == "unit":
-        return values / np.float32(255.0)
-    if scale == "symmetric":
-        return values / np.float32(127.5) - np.float32(1.0)
-    return values
-
-
 def decode_image(data: bytes, spec: ImageInput) -> np.ndarray:
     """One encoded image -> float32 (height, width, 3): decoded to RGB, PIL-bilinear resized, scaled."""
     if not data:
@@ -77,7 +69,7 @@ def decode_image(data: bytes, spec: ImageInput) -> np.ndarray:
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError... for bad data
         raise _decode_error(_bad_image_text(kind, data, exc)) from None
     height, width = spec.size
-    return _scaled(np.asarray(rgb.resize((width, height), _BILINEAR)), spec.scale)
+    return normalize(np.asarray(rgb.resize((width, height), _BILINEAR)), spec.scale)
 
 
 class DecodedImageModel:

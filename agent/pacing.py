@@ -201,24 +201,9 @@ def _serve(jobs: queue.SimpleQueue) -> None:
 
 
 def call_unless_stopped(call: Callable[[], T], stop: threading.Event) -> T:
-    """Run ``call`` in a helper thread; raise Stopped as soon as ``stop`` is set (the call is abandoned)."""
-    if stop.is_set():
-        raise Stopped()
-    outcome: dict = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name="predict", daemon=True).start()
-    while not done.wait(0.05):
-        if stop.is_set():
-            raise Stopped()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    """Run ``call`` in a helper thread of its own; raise Stopped as soon as ``stop`` is set (the call is abandoned)."""
+    worker = Worker("predict")
+    try:
+        return worker.call(call, stop)
+    finally:
+        worker.close()
