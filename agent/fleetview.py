@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 from agent.fleetclient import BrokerAddress, BrokerUnavailable, Credentials, FleetSession, describe_version, split_topic
 
 RATE_WINDOW_S = 60.0
+LIVE_RATE_MIN_RESULTS, LIVE_RATE_MIN_S = 3, 1.0  # live results enough to estimate a rate from
 ERROR_CHARS = 48
 MIN_REDRAW_S, MAX_REDRAW_S = 0.5, 1.0
 PLAIN_WIDTH = 200  # a pipe or log has no width; COLUMNS overrides
@@ -44,13 +45,19 @@ class DeviceView:
     last_retained: bool = False  # the last message was a retained one: its real age is unknown (at least…)
 
     def results_per_minute(self, now: float) -> str:
-        """Results counted over the last 60 s; before a minute of watching, ``~`` state.fps×60 (online only)."""
+        """Results counted over the last 60 s. Before a minute of watching an estimate, ``~`` (online only): the
+        rate of the results seen live once there are a few, else state.fps×60 -- the state may be up to
+        mqtt.state_interval_s old, and one published just after the device started says 0."""
         while self.result_times and self.result_times[0] <= now - RATE_WINDOW_S:
             self.result_times.popleft()
         counted = len(self.result_times)
-        fps = (self.state or {}).get("fps")
-        if now - self.since < RATE_WINDOW_S and self.availability == "online" and isinstance(fps, (int, float)):
-            return f"~{fps * 60:.0f}"
+        if now - self.since < RATE_WINDOW_S and self.availability == "online":
+            observed = now - self.result_times[0] if self.result_times else 0.0
+            if counted >= LIVE_RATE_MIN_RESULTS and observed >= LIVE_RATE_MIN_S:
+                return f"~{(counted - 1) / observed * 60:.0f}"
+            fps = (self.state or {}).get("fps")
+            if isinstance(fps, (int, float)):
+                return f"~{fps * 60:.0f}"
         return str(counted)
 
 

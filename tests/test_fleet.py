@@ -2,102 +2,22 @@
 
 Two or three `catdog-agent run` processes classify a looping folder against one stand-in serving
 versions 1 and 2; the test plays the central side by publishing commands as `catdog-agent assign`
-would, and checks the acknowledgements, the versions in the results and the stand-in's URL log.
+would, and checks the acknowledgements, the versions in the results and the stand-in's URL log
+(tests/test_fleet_real.py runs the real `assign` and `watch` commands against such agents).
 Every message the agents publish is validated against its JSON Schema.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import uuid
-from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from conftest import Collector, agent_config, device_for, start_agent, wait_until
-from helpers_schemas import validate, validate_message
-from paho.mqtt.enums import CallbackAPIVersion
+from conftest import Collector, wait_until
+from helpers_agents import GROUP, Fleet, command, publish
+from helpers_schemas import validate
 from PIL import Image
 
-from agent.devserver import DevServer, Fault
-
-GROUP = "yard"
-
-
-def publish(port: int, topic: str, payload: bytes | str, retain: bool = False) -> None:
-    """One QoS 1 message, acknowledged by the broker before this returns."""
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def command(**action: object) -> tuple[str, bytes]:
-    command_id = "t-" + uuid.uuid4().hex[:8]
-    return command_id, json.dumps({"id": command_id, **action}).encode()
-
-
-class Fleet:
-    """Agents started from configs in one test folder, and a collector on all their topics."""
-
-    def __init__(self, tmp_path: Path, server: DevServer, broker_port: int, registry: list, photos: Path):
-        self.tmp_path, self.server, self.port = tmp_path, server, broker_port
-        self.registry, self.photos = registry, photos
-        self.prefix = device_for(tmp_path)  # a topic prefix of this test's own: no other test's retained messages
-        self.collector = Collector(broker_port, topic=f"{self.prefix}/#").start()
-        self.configs: dict[str, Path] = {}
-
-    def config(self, device: str, *, groups: tuple[str, ...] = (GROUP,), **sections: dict) -> Path:
-        folder = self.tmp_path / device
-        folder.mkdir(exist_ok=True)
-        mqtt = {"topic_prefix": self.prefix, **sections.pop("mqtt", {})}
-        server = {"version": 1, **sections.pop("server", {})}
-        path = agent_config(folder, source=self.photos, server_url=self.server.url, mqtt_port=self.port,
-                            device=device, camera={"fps": 10, "loop": True},
-                            server=server, mqtt=mqtt, **sections)
-        data = path.read_text().replace(f"device:\n  id: {device}\n",
-                                        f"device:\n  id: {device}\n  groups: [{', '.join(groups)}]\n")
-        path.write_text(data)
-        self.configs[device] = path
-        return path
-
-    def start(self, device: str) -> object:
-        return start_agent(self.registry, self.configs[device])
-
-    def topic(self, device: str, kind: str) -> str:
-        return f"{self.prefix}/{device}/{kind}"
-
-    def results(self, device: str) -> list[dict]:
-        return [m.json() for m in self.collector.messages if m.topic == self.topic(device, "result")]
-
-    def acks(self, device: str, command_id: str) -> list[dict]:
-        return [m.json() for m in list(self.collector.messages)
-                if m.topic == self.topic(device, "command/result") and m.json().get("id") == command_id]
-
-    def wait_ack(self, device: str, command_id: str, timeout: float = 20.0) -> dict:
-        assert self.collector.wait_for(lambda: bool(self.acks(device, command_id)), timeout), \
-            f"{device} did not answer command {command_id}"
-        return self.acks(device, command_id)[0]
-
-    def wait_version(self, device: str, version: str, after: int = 0, timeout: float = 20.0) -> None:
-        assert self.collector.wait_for(
-            lambda: any(r["version"] == version for r in self.results(device)[after:]), timeout), \
-            f"{device} never answered with version {version}"
-
-    def check_schemas(self) -> None:
-        """Everything the agents published matches its schema (the test's own commands are not checked)."""
-        published = [m for m in list(self.collector.messages) if not m.topic.endswith("/command") and m.payload]
-        assert published
-        for message in published:
-            validate_message(message.topic, message.payload)
-
-    def stop(self) -> None:
-        self.collector.stop()
+from agent.devserver import Fault
 
 
 @pytest.fixture
