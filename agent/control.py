@@ -104,6 +104,9 @@ class Control:
 
     def handle(self, message: Inbound) -> None:
         """Apply one command and answer it on command/result; a bad one is refused, the agent goes on."""
+        if message.size == 0:  # how MQTT deletes a retained message: the central side withdrew a command
+            logger.info("retained command cleared topic=%s", message.topic)
+            return
         try:
             if message.size > MAX_COMMAND_BYTES:
                 raise CommandError(f"command is too large ({message.size} bytes; at most {MAX_COMMAND_BYTES})")

@@ -91,7 +91,14 @@ def test_a_retained_assignment_is_applied_when_the_device_starts_once_and_rememb
     publish(fleet.port, fleet.topic("late", "command"), payload)
     assert fleet.wait_ack("late", clear_id)["state"]["pin"]["source"] == "config"
     fleet.wait_version("late", "1", after=len(fleet.results("late")))
-    publish(fleet.port, fleet.topic("late", "command"), b"", retain=True)  # leave the broker clean
+    results_before_clear = len(fleet.collector.messages)
+    publish(fleet.port, fleet.topic("late", "command"), b"", retain=True)  # withdrawn: no answer, no change
+    probe_id, payload = command(set={"fps": 10})
+    publish(fleet.port, fleet.topic("late", "command"), payload)
+    fleet.wait_ack("late", probe_id)  # answered in order: had the empty message been answered, it came first
+    answers = [m for m in list(fleet.collector.messages)[results_before_clear:]
+               if m.topic == fleet.topic("late", "command/result")]
+    assert [a.json()["id"] for a in answers] == [probe_id], "a withdrawn retained command must not be answered"
     fleet.check_schemas()
 
 
