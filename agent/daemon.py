@@ -38,6 +38,7 @@ from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.mqtt import Publisher
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, Worker, backoff_s
+from agent.readahead import Ahead, ReadAhead
 from agent.result import Result
 from agent.scene import scene_gate
 from agent.sdnotify import Notifier
@@ -94,6 +95,8 @@ class Agent:
         self.model: ServedModel | None = None
         self.encoder = body_encoder(config.server, config.model)
         self.worker = Worker()  # runs reads and requests, so that SIGTERM never waits on one
+        self.reader = ReadAhead(stop)  # file sources: the next frame is read during this one's request
+        self.ahead: Ahead | None = None  # what was read ahead for the frame in hand
         self.pacer = Pacer(config.camera.fps)
         self.gate = scene_gate(config.camera.skip_unchanged)  # camera.skip_unchanged: is a frame worth a request?
         self.outage = Outage(health, config.server.retry.initial_s)
@@ -151,7 +154,7 @@ class Agent:
                 # In a helper thread: a read that blocks (a named pipe with no writer, a dead device)
                 # must not hold SIGTERM. A file read that hangs feeds no watchdog, so it trips it; a
                 # camera read is bounded by camera.timeout_s, and a camera stuck for good ends the run.
-                frame = retry_frame or self.worker.call(partial(self.next_frame, source), self.stop)
+                frame = retry_frame or self.read_frame(source)
             except Stopped:
                 break
             except SourceError as exc:
@@ -236,20 +239,30 @@ class Agent:
         """Ask the server which version answers the pin, and what its signature takes."""
         return fetch_served_model(self.serving, self.config.model, self.config.server.encoding)
 
-    def next_frame(self, source: FrameSource) -> Frame | None:
-        """The next frame, or None at the end of a finite source; raises SourceError (decode errors too)."""
-        frame = source.read()
-        if frame is not None:
-            self.health.frames += 1
-            self.last_frame += 1
-            frame = dataclasses.replace(frame, seq=self.last_frame)  # the device-wide number, not the source's
-            if not self.health.camera_ok:
-                logger.info("source back source=%s", source.description)
-            self.health.camera_ok, self.camera_failures = True, 0
+    def read_frame(self, source: FrameSource) -> Frame | None:
+        """The next frame, or None at the end of a finite source; raises SourceError (decode errors too).
+
+        Unpaced on a file source, the frame after it is read (and its request made) while this one is classified.
+        """
+        self.ahead = self.reader.take(source)  # read during the last request, if it was
+        frame = self.ahead.frame if self.ahead else self.worker.call(source.read, self.stop)
+        if frame is None:
+            return None
+        self.health.frames += 1
+        self.last_frame += 1
+        frame = dataclasses.replace(frame, seq=self.last_frame)  # the device-wide number, not the source's
+        if not self.health.camera_ok:
+            logger.info("source back source=%s", source.description)
+        self.health.camera_ok, self.camera_failures = True, 0
+        if not source.live and not self.pacer.interval and self.model is not None:
+            model, encoder, signature = self.model, self.encoder, self.serving.signature
+            self.reader.start(source, None if self.config.camera.skip_unchanged else (model, encoder, signature),
+                              lambda ahead: model.request_body(ahead.rgb, encoder, signature))
         return frame
 
     def classify_frame(self, frame: Frame, model: ServedModel) -> Result:
-        body = model.request_body(frame.rgb, self.encoder, self.serving.signature)
+        made_ahead = self.ahead.body_for((model, self.encoder, self.serving.signature)) if self.ahead else None
+        body = made_ahead or model.request_body(frame.rgb, self.encoder, self.serving.signature)
         reply = self.worker.call(partial(self.serving.predict, body), self.stop)
         classification = model.classification(reply, self.config.model.labels, self.config.model.threshold)
         latency_ms = (time.time() - frame.captured_at) * 1000.0
@@ -341,9 +354,11 @@ class Agent:
         self.heartbeat.stopping()
         self.health.status = Status.STOPPED
         self.reporter.publish()
+        self.reader.drop()
         if self.source is not None:
             self.source.close()
         self.worker.close()
+        self.reader.close()
         self.serving.close()
         delivered = self.publisher.stop(timeout=max(0.5, deadline - time.monotonic()))
         kept = len(self.publisher.outbox) if self.publisher.outbox is not None else 0

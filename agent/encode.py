@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from agent.preprocess import normalize
+from agent.preprocess import Canvas, normalize
 
 _OPEN, _CLOSE, _COMMA = ord("["), ord("]"), ord(",")
 
@@ -182,12 +182,16 @@ ENCODINGS = ("auto", "json", "b64_jpeg")
 
 @dataclass
 class BodyEncoder:
-    """Writes one fitted frame as a request body in the encoding the model takes ("json" or "b64_jpeg")."""
+    """Writes one fitted frame as a request body in the encoding the model takes ("json" or "b64_jpeg").
+
+    It also keeps the buffers each frame's work reuses: the JSON text and ``canvas``, fit()'s frame image.
+    """
 
     scale: str = "unit"
     decimals: int = 4
     jpeg_quality: int = 90
     _pixels: PixelEncoder | None = field(default=None, init=False, repr=False)
+    canvas: Canvas = field(default_factory=Canvas, init=False, repr=False, compare=False)  # fit()'s frame buffer
 
     def body(self, pixels: np.ndarray, encoding: str, *, input_name: str | None, signature: str | None) -> bytes:
         if encoding == "b64_jpeg":

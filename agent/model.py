@@ -38,7 +38,7 @@ class ServedModel:
 
     def request_body(self, rgb: np.ndarray, encoder: BodyEncoder, signature: str | None) -> bytes:
         """The ``:predict`` body for one RGB frame: fitted to this model's input, then encoded."""
-        return encoder.body(fit(rgb, self.input_spec), self.encoding, input_name=self.input_name,
+        return encoder.body(fit(rgb, self.input_spec, encoder.canvas), self.encoding, input_name=self.input_name,
                             signature=signature)
 
     def classification(self, reply: object, labels: Sequence[str], threshold: float) -> Classification:

@@ -8,7 +8,7 @@ import queue
 import select
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -161,28 +161,43 @@ class Worker:
 
     def call(self, call: Callable[[], T], stop: threading.Event) -> T:
         """Run ``call`` on the worker thread; raise Stopped as soon as ``stop`` is set."""
+        return self.submit(call, stop).result(stop)
+
+    def submit(self, call: Callable[[], T], stop: threading.Event) -> Job[T]:
+        """Start ``call`` on the worker thread and return at once; ``result()`` waits for it."""
         if stop.is_set():
             raise Stopped()
         if self._jobs is None:
             self._jobs = queue.SimpleQueue()
             threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True).start()
-        outcome: dict = {}
-        done = threading.Event()
-        self._jobs.put((call, outcome, done))
-        while not done.wait(0.05):
-            if stop.is_set():
-                self._jobs.put(None)  # the thread ends once the abandoned call returns
-                self._jobs = None
-                raise Stopped()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
+        job: Job[T] = Job(self)
+        self._jobs.put((call, job.outcome, job.done))
+        return job
 
     def close(self) -> None:
         """Let the thread end (after the call in flight, if any)."""
         if self._jobs is not None:
             self._jobs.put(None)
             self._jobs = None
+
+
+class Job(Generic[T]):
+    """A call handed to a Worker: its outcome once done."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.outcome: dict = {}
+        self.done = threading.Event()
+
+    def result(self, stop: threading.Event) -> T:
+        """The call's value (or its exception, raised here); Stopped as soon as ``stop`` is set."""
+        while not self.done.wait(0.05):
+            if stop.is_set():
+                self.worker.close()  # abandoned: the thread ends once the call returns
+                raise Stopped()
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["value"]
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:

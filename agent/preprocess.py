@@ -5,6 +5,7 @@ Pure functions on numpy arrays; nothing here knows about HTTP or configuration f
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +50,42 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}")
 
 
-def fit(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Resize an RGB uint8 frame to the model's (height, width, 3): the pixels the model sees."""
+class Canvas:
+    """A full-size PIL image reused for every frame of the same size; safe to share between threads.
+
+    ``Image.fromarray`` allocates and zero-fills a fresh image (1.2 MB at 640x480) per frame; writing the
+    pixels into one kept image skips that: ~0.1-0.2 of the 2-2.5 ms a 640x480 fit costs here.
+    """
+
+    def __init__(self) -> None:
+        self._image: Image.Image | None = None
+        self.lock = threading.Lock()
+
+    def holding(self, rgb: np.ndarray) -> Image.Image:
+        """The canvas with ``rgb`` written into it; call with ``lock`` held, done with it before release."""
+        height, width = rgb.shape[:2]
+        if self._image is None or self._image.size != (width, height):
+            self._image = Image.new("RGB", (width, height), None)  # None: left unfilled, overwritten next
+        self._image.frombytes(np.ascontiguousarray(rgb))
+        return self._image
+
+
+def fit(rgb: np.ndarray, spec: InputSpec, canvas: Canvas | None = None) -> np.ndarray:
+    """Resize an RGB uint8 frame to the model's (height, width, 3): the pixels the model sees.
+
+    With a ``canvas`` the frame is written into its kept image instead of a new one (same pixels out).
+    """
     height, width = rgb.shape[:2]
     if (height, width) == (spec.height, spec.width):
         return rgb
-    image = Image.fromarray(rgb)
+    if canvas is None or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        return _fit_image(Image.fromarray(rgb), spec)
+    with canvas.lock:  # every path below makes a new image, so the result never aliases the canvas
+        return _fit_image(canvas.holding(rgb), spec)
+
+
+def _fit_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    width, height = image.size
     resample = _RESAMPLE[spec.interpolation]
     if spec.resize == "letterbox":
         return _letterbox(image, spec, resample)

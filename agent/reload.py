@@ -191,6 +191,7 @@ def replace_source(agent: Agent, camera: CameraConfig) -> FrameSource:
     assert agent.source is not None
     if not (source_kind(agent.config.camera.source) in DEVICE_KINDS and source_kind(camera.source) in DEVICE_KINDS):
         return opened_source(camera, agent.stop)
+    agent.reader.drop()
     agent.source.close()
     try:
         return opened_source(camera, agent.stop)
@@ -219,6 +220,7 @@ def switch(agent: Agent, new: Config, staged: Staged) -> None:
         agent.outage.up()  # the new server answered
     if staged.source is not None:
         assert agent.source is not None
+        agent.reader.drop()  # a read in flight on the old source ends first
         agent.source.close()  # closing twice is safe (a camera closed first)
         agent.source = staged.source
     if staged.publisher is not None:

@@ -9,7 +9,7 @@ import pytest
 from helpers_media import PHOTOS, quadrant_colours, quadrants
 from PIL import Image
 
-from agent.preprocess import InputSpec, fit, normalize, preprocess
+from agent.preprocess import Canvas, InputSpec, fit, normalize, preprocess
 from agent.sources.files import decode_image
 
 TUTORIAL = InputSpec(150, 150)  # defaults: stretch, bilinear, unit
@@ -97,6 +97,17 @@ def test_crop_of_a_frame_with_the_target_aspect_is_a_plain_resize() -> None:
     rgb = quadrants(64, 64)
     spec = InputSpec(32, 32)
     assert np.array_equal(fit(rgb, InputSpec(32, 32, resize="crop")), fit(rgb, spec))
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "crop"])
+def test_a_reused_canvas_gives_the_same_pixels_and_never_aliases_an_earlier_result(resize: str) -> None:
+    canvas = Canvas()
+    spec = InputSpec(150, 150, resize=resize)
+    photos = [decode_image(photo) for photo in PHOTOS]
+    frames = [*photos, photos[0][::2, ::3], np.ascontiguousarray(photos[1][:, ::-1])]  # other sizes, a view
+    results = [fit(frame, spec, canvas) for frame in frames]
+    for frame, result in zip(frames, results):  # compared after all ran: a later frame must not show through
+        assert np.array_equal(result, fit(frame, spec))
 
 
 @pytest.mark.parametrize(("scale", "low", "high"), [("unit", 0.0, 1.0), ("symmetric", -1.0, 1.0),
