@@ -18,8 +18,7 @@ import select
 import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
-
-import requests.utils
+from urllib.request import getproxies
 
 # A request that fails in these ways on a connection that was idle was never read by the server: the
 # server closed the connection meanwhile (keep-alive timeout). Sent again once on a fresh one.
@@ -135,6 +134,10 @@ class Connection:
 
 
 def _environment_proxy(url: str) -> _Proxy | None:
+    if not getproxies():  # the usual case; spares importing requests (~0.1 s here, up to 1 s on a Pi)
+        return None
+    import requests.utils  # its no_proxy matching (CIDR ranges too) is what the rest of the world uses
+
     proxy_url = requests.utils.get_environ_proxies(url).get(urlsplit(url).scheme)
     if not proxy_url:
         return None
