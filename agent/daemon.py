@@ -38,7 +38,7 @@ from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.mqtt import Publisher
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, ReloadSignal, Stopped, StopSignal, Worker, backoff_s
-from agent.readahead import Ahead, ReadAhead
+from agent.readahead import READS_WAIT_S, Ahead, ReadAhead, reads_over
 from agent.result import Result
 from agent.scene import scene_gate
 from agent.sdnotify import Notifier
@@ -250,11 +250,13 @@ class Agent:
             return None
         self.health.frames += 1
         self.last_frame += 1
-        frame = dataclasses.replace(frame, seq=self.last_frame)  # the device-wide number, not the source's
+        # The device-wide number, not the source's; a frame read ahead counts its latency from now, as if read now.
+        frame = dataclasses.replace(frame, seq=self.last_frame,
+                                    captured_at=time.time() if self.ahead else frame.captured_at)
         if not self.health.camera_ok:
             logger.info("source back source=%s", source.description)
         self.health.camera_ok, self.camera_failures = True, 0
-        if not source.live and not self.pacer.interval and self.model is not None:
+        if ReadAhead.worth_it(source, frame) and not self.pacer.interval and self.model is not None:
             model, encoder, signature = self.model, self.encoder, self.serving.signature
             self.reader.start(source, None if self.config.camera.skip_unchanged else (model, encoder, signature),
                               lambda ahead: model.request_body(ahead.rgb, encoder, signature))
@@ -354,8 +356,7 @@ class Agent:
         self.heartbeat.stopping()
         self.health.status = Status.STOPPED
         self.reporter.publish()
-        self.reader.drop()
-        if self.source is not None:
+        if self.source is not None and reads_over(self.reader, self.worker, READS_WAIT_S):
             self.source.close()
         self.worker.close()
         self.reader.close()

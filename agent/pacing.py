@@ -158,6 +158,7 @@ class Worker:
     def __init__(self, name: str = "worker"):
         self.name = name
         self._jobs: queue.SimpleQueue | None = None
+        self._last: Job[Any] | None = None
 
     def call(self, call: Callable[[], T], stop: threading.Event) -> T:
         """Run ``call`` on the worker thread; raise Stopped as soon as ``stop`` is set."""
@@ -172,7 +173,12 @@ class Worker:
             threading.Thread(target=_serve, args=(self._jobs,), name=self.name, daemon=True).start()
         job: Job[T] = Job(self)
         self._jobs.put((call, job.outcome, job.done))
+        self._last = job
         return job
+
+    def idle(self, timeout_s: float) -> bool:
+        """Whether the last call is over, waiting up to ``timeout_s`` for it even after a stop."""
+        return self._last is None or self._last.done.wait(timeout_s)
 
     def close(self) -> None:
         """Let the thread end (after the call in flight, if any)."""

@@ -50,6 +50,9 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}")
 
 
+CANVAS_MAX_PIXELS = 4_000_000  # a bigger frame (a 12 MP photo) is not kept: 48 MB held for the agent's life
+
+
 class Canvas:
     """A full-size PIL image reused for every frame of the same size; safe to share between threads.
 
@@ -60,6 +63,11 @@ class Canvas:
     def __init__(self) -> None:
         self._image: Image.Image | None = None
         self.lock = threading.Lock()
+
+    @staticmethod
+    def takes(rgb: np.ndarray) -> bool:
+        """An RGB uint8 frame of up to CANVAS_MAX_PIXELS (a bigger one is fitted from a fresh image)."""
+        return rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size <= 3 * CANVAS_MAX_PIXELS
 
     def holding(self, rgb: np.ndarray) -> Image.Image:
         """The canvas with ``rgb`` written into it; call with ``lock`` held, done with it before release."""
@@ -78,7 +86,7 @@ def fit(rgb: np.ndarray, spec: InputSpec, canvas: Canvas | None = None) -> np.nd
     height, width = rgb.shape[:2]
     if (height, width) == (spec.height, spec.width):
         return rgb
-    if canvas is None or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if canvas is None or not canvas.takes(rgb):
         return _fit_image(Image.fromarray(rgb), spec)
     with canvas.lock:  # every path below makes a new image, so the result never aliases the canvas
         return _fit_image(canvas.holding(rgb), spec)

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.frames import Frame
-from agent.pacing import Job, Worker
+from agent.pacing import Job, Stopped, Worker
 from agent.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
+
+# Frames above this many pixels are not read ahead: two 12 MP photos in memory at once is 72 MB (a Pi Zero 2
+# has 512 MB in all), and the overlap is a small share of such a frame's cost anyway.
+MAX_AHEAD_PIXELS = 4_000_000
+READS_WAIT_S = 1.0  # how long a reload or a shutdown waits for a read in flight before leaving its source open
 
 # What a prepared request was made for (model, encoder, signature): a reload or a command between the
 # read and the request changes it, and the request is then made again.
@@ -48,6 +54,11 @@ class ReadAhead:
         self._job: Job[Ahead] | None = None
         self._source: FrameSource | None = None
 
+    @staticmethod
+    def worth_it(source: FrameSource, frame: Frame) -> bool:
+        """Whether to read after ``frame`` ahead: a folder or a video file (not a camera), frames up to 4 MP."""
+        return source.ahead_ok and frame.rgb.shape[0] * frame.rgb.shape[1] <= MAX_AHEAD_PIXELS
+
     def start(self, source: FrameSource, recipe: Recipe | None, make_body: Callable[[Frame], bytes]) -> None:
         """Read the next frame now; with a ``recipe``, also make its request body with ``make_body``."""
         if self._job is None:
@@ -59,24 +70,41 @@ class ReadAhead:
 
         Raises Stopped when the stop signal comes while the read is still running.
         """
-        job, self._job = self._job, None
+        job = self._job
         if job is None:
             return None
-        ahead = job.result(self.stop)
+        try:
+            ahead = job.result(self.stop)
+        except Stopped:
+            raise  # the read is still running: kept, so that drop() waits for it before the source closes
+        finally:
+            if job.done.is_set():
+                self._job = None
         return ahead if self._source is source else None  # a reload replaced the source: read afresh
 
-    def drop(self) -> None:
-        """Wait for a read in flight and forget it: its source is about to close (reload, shutdown)."""
-        job, self._job = self._job, None
-        if job is not None:
-            try:
-                job.result(self.stop)
-            except Exception:  # noqa: BLE001 - a read error of a source that goes away is nobody's business
-                pass
+    def drop(self, timeout_s: float) -> bool:
+        """Forget the read ahead, once it is over; False if it still runs after ``timeout_s`` (stop or not).
+
+        Its source is about to close (reload, shutdown): closing a video under a read crashes OpenCV.
+        """
+        job = self._job
+        if job is not None and not job.done.wait(timeout_s):
+            return False
+        self._job = None
+        return True
 
     def close(self) -> None:
         self._worker.close()
 
+
+
+def reads_over(reader: ReadAhead, worker: Worker, timeout_s: float) -> bool:
+    """No call left running on the source's threads (waited up to ``timeout_s``): only then may it close."""
+    until = time.monotonic() + timeout_s
+    if reader.drop(timeout_s) and worker.idle(max(0.0, until - time.monotonic())):
+        return True
+    logger.warning("source left open: a read or request is still running after %g s", timeout_s)
+    return False
 
 
 def _read(source: FrameSource, recipe: Recipe | None, make_body: Callable[[Frame], bytes]) -> Ahead:

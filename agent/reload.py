@@ -27,6 +27,7 @@ from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.mqtt import Publisher
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, Stopped, call_unless_stopped
+from agent.readahead import READS_WAIT_S
 from agent.scene import scene_gate
 from agent.serving import ServingClient
 from agent.sources import opened_source, source_kind
@@ -191,8 +192,7 @@ def replace_source(agent: Agent, camera: CameraConfig) -> FrameSource:
     assert agent.source is not None
     if not (source_kind(agent.config.camera.source) in DEVICE_KINDS and source_kind(camera.source) in DEVICE_KINDS):
         return opened_source(camera, agent.stop)
-    agent.reader.drop()
-    agent.source.close()
+    agent.source.close()  # a camera: never read ahead
     try:
         return opened_source(camera, agent.stop)
     except SourceError:
@@ -220,8 +220,10 @@ def switch(agent: Agent, new: Config, staged: Staged) -> None:
         agent.outage.up()  # the new server answered
     if staged.source is not None:
         assert agent.source is not None
-        agent.reader.drop()  # a read in flight on the old source ends first
-        agent.source.close()  # closing twice is safe (a camera closed first)
+        if agent.reader.drop(READS_WAIT_S):  # a read in flight on the old source ends first
+            agent.source.close()  # closing twice is safe (a camera closed first)
+        else:
+            logger.warning("old source left open: a read is still running on it")
         agent.source = staged.source
     if staged.publisher is not None:
         agent.publisher = agent.reporter.publisher = hand_over(agent.publisher, staged.publisher, new, agent.stop)

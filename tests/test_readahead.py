@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
+import pytest
 from conftest import SAMPLES, Collector, agent_config, run_agent
 
 from agent.devserver import DevServer, Fault
 from agent.frames import Frame
-from agent.readahead import Ahead
+from agent.pacing import Stopped
+from agent.readahead import Ahead, ReadAhead
+from agent.sources.files import FolderSource, ImageSource
 
 NAMES = ["chelsea.png", "dog.jpg", "person.jpg"]
 
@@ -46,6 +50,8 @@ def test_unpaced_folder_run_reads_the_next_photo_while_the_server_answers(tmp_pa
     results, bodies, lines = run_on_folder(tmp_path / "ahead", builtin_models, broker, fps=0, delay_first_s=3.0)
     assert line_index(lines, "read ahead origin=2-dog.jpg") < line_index(lines, "result frame=1 ")
     assert [r["frame"] for r in results] == [1, 2, 3], "frame numbers stay in order, without gaps"
+    assert results[0]["latency_ms"] >= 3000
+    assert results[1]["latency_ms"] < 1500, "a frame read ahead counts its latency from its turn, not its read"
 
     # A paced run never reads ahead; both must send the same bodies in the same order and get the same answers.
     paced, paced_bodies, paced_lines = run_on_folder(tmp_path / "paced", builtin_models, broker, fps=1000)
@@ -61,3 +67,39 @@ def test_a_body_made_ahead_is_used_only_for_the_model_encoder_and_signature_it_w
     assert ahead.body_for((object(), encoder, None)) is None, "a switched version gets a new body"
     assert ahead.body_for((model, encoder, "other")) is None, "a changed signature gets a new body"
     assert Ahead(None).body_for((model, encoder, None)) is None
+
+
+class GatedSource:
+    """A file-like source whose read waits for the test to let it finish (the read in flight, held)."""
+
+    live, ahead_ok, description = False, True, "gated"
+
+    def __init__(self) -> None:
+        self.reading, self.release = threading.Event(), threading.Event()
+
+    def read(self) -> Frame:
+        self.reading.set()
+        self.release.wait(10)
+        return Frame(np.zeros((4, 4, 3), np.uint8), 1, 0.0, "gated")
+
+
+def test_a_stop_during_a_read_ahead_keeps_it_until_it_is_over_so_its_source_is_not_closed_under_it() -> None:
+    stop, source = threading.Event(), GatedSource()
+    reader = ReadAhead(stop)
+    reader.start(source, None, lambda frame: b"")
+    assert source.reading.wait(5)
+    stop.set()
+    with pytest.raises(Stopped):
+        reader.take(source)
+    assert reader.drop(0.05) is False, "the read still runs: whoever closes the source must not"
+    source.release.set()
+    assert reader.drop(5.0) is True
+    reader.close()
+
+
+def test_only_folders_and_video_files_of_up_to_4_mp_are_read_ahead(tmp_path) -> None:
+    small, big = (Frame(np.zeros(shape, np.uint8), 1, 0.0) for shape in [(480, 640, 3), (3000, 4000, 3)])
+    folder, image = FolderSource(SAMPLES), ImageSource(SAMPLES / "dog.jpg", loop=True)
+    assert ReadAhead.worth_it(folder, small)
+    assert not ReadAhead.worth_it(folder, big), "a 12 MP photo is not held twice"
+    assert not ReadAhead.worth_it(image, small), "a looping image is read when its turn comes: it may be rewritten"

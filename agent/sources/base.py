@@ -15,6 +15,7 @@ class FrameSource(Protocol):
     """Where frames come from: a folder, a file, a camera or a stream."""
 
     live: bool  # True for cameras/streams (only the newest frame matters); False for files
+    ahead_ok: bool  # reading the next frame early changes nothing (a folder, a video file); see readahead.py
     description: str  # safe for logs (no credentials)
 
     def open(self) -> None:

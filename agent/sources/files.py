@@ -80,6 +80,7 @@ class FolderSource:
     """The images of one folder in name order; with ``loop`` it starts over and sees new files."""
 
     live = False
+    ahead_ok = True
 
     def __init__(self, folder: PathLike, *, loop: bool = False, swap_rb: bool = False):
         self.folder = Path(folder)
@@ -126,6 +127,7 @@ class ImageSource:
     """
 
     live = False
+    ahead_ok = False  # read when its turn comes: the file may be rewritten in between
 
     def __init__(self, path: PathLike, *, loop: bool = False, swap_rb: bool = False):
         self.path = Path(path)

@@ -86,6 +86,7 @@ class LiveSource:
     """
 
     live = True
+    ahead_ok = False  # a frame read early is a stale frame
     CLOSE_WAIT_S = 2.0
     STALL_MIN_S = 20.0  # V4L2 waits 10 s in select(), older GStreamer builds 30 s or more
 

@@ -57,6 +57,7 @@ class VideoFileSource:
     """A video file read with OpenCV; skipped frames are only grabbed, never decoded."""
 
     live = False
+    ahead_ok = True
 
     def __init__(self, path: str | Path, *, fps: float = 0.0, loop: bool = False, swap_rb: bool = False):
         self.path = Path(path)
