@@ -9,7 +9,9 @@ def render_reference() -> str:
     """A Markdown table: key, type, default, meaning."""
     lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, kind, default, doc in reference_rows():
-        if kind == "section":
+        if kind == "section":  # listed for what the section does (mqtt.tls: present = TLS on)
+            shown = "required" if default == "required" else "—"
+            lines.append(f"| `{key}` | section | {shown} | {doc} |")
             continue
         shown = f"`{default}`" if default not in ("", "required", "none") else default or "—"
         meaning = doc.replace("|", "\\|")

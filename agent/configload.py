@@ -306,4 +306,6 @@ def _default_text(spec: dataclasses.Field[Any], hint: Any) -> str:
         return f"{value:g}"
     if isinstance(value, tuple):
         return "{}" if "mapping" in _type_name(hint) else "[" + ", ".join(map(str, value)) + "]"
+    if value in ("none", "required", ""):
+        return f'"{value}"'  # a string default that reads like "no default" (camera.flip: none)
     return str(value)

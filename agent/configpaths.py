@@ -32,8 +32,30 @@ def _resolve_file(value: str, path: KeyPath, walk: Walk) -> Any:
     elif not os.path.exists(resolved):
         walk.add(path, f"file not found: {resolved}")
     else:
-        return resolved
+        problem = _unreadable(resolved, text=path[-1].endswith("_file"))
+        if problem is None:
+            return resolved
+        walk.add(path, problem)
     return INVALID
+
+
+def _unreadable(path: str, text: bool) -> str | None:
+    """Why the agent cannot use the file (permissions, not UTF-8 for a secret), or None.
+
+    Checked here, as the agent's own user, so that a root-owned 0600 token is a config error (exit 78,
+    one line) rather than a crash that systemd restarts for ever.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(1 << 20)  # secrets and certificates are small
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    if text:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"{path} is not UTF-8 text (byte {exc.start})"
+    return None
 
 
 def _locate_file(value: str, base_dir: str) -> str:

@@ -68,9 +68,9 @@ def run(config: Config, stop: threading.Event | None = None) -> int:
     except (PublishError, OSError) as exc:
         logger.error("mqtt setup failed: %s", exc)
         return EXIT_CONFIG
-    except OutboxError as exc:
+    except OutboxError as exc:  # a state_dir the agent may not write: 78; a full disk: 69, systemd tries again
         logger.error("%s", exc)
-        return EXIT_CONFIG
+        return EXIT_CONFIG if exc.lasting else EXIT_UNAVAILABLE
     notifier = Notifier()
     half_period = notifier.watchdog_interval
     if half_period is not None and config.server.timeout_s > half_period:
@@ -115,10 +115,12 @@ class Agent:
     def run(self) -> int:
         self.reporter.publish()
         try:
+            # The source first: a missing camera is reported (69) even while the server is down, and a
+            # camera warms up while the agent waits for the server.
+            self.source = opened_source(self.config.camera, self.stop)
             self.model = self.wait_for_model()
             if self.model is None:
                 return EXIT_OK  # stopped while waiting for the server
-            self.source = opened_source(self.config.camera, self.stop)
         except Stopped:
             return EXIT_OK
         except (ServerError, SourceUnavailable) as exc:  # transient server errors are waited out above

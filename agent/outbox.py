@@ -13,6 +13,7 @@ window of them) are never dropped: the broker may already have them.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -34,9 +35,17 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 
 class OutboxError(AgentError):
-    """The outbox file cannot be created or written (state_dir missing, read-only, full)."""
+    """The outbox file cannot be created or written (state_dir missing, read-only, full).
+
+    ``lasting``: a problem of the setup (a state_dir the agent may not write) that a restart cannot cure,
+    as opposed to a full disk, an I/O error or a file another process holds.
+    """
 
     kind = "outbox"
+
+    def __init__(self, message: str, *, lasting: bool = True):
+        super().__init__(message)
+        self.lasting = lasting
 
 
 @dataclass(frozen=True)
@@ -153,14 +162,44 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            try:
+                return self._open()
+            except sqlite3.DatabaseError as exc:
+                if not any(sign in str(exc) for sign in _CORRUPT):
+                    raise
+                self._set_aside(str(exc))
+                return self._open()
+        except (OSError, sqlite3.Error) as exc:
+            unwritable_file = self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK)
+            lasting = unwritable_file or not _usable_dir(self.path.parent)
+            raise OutboxError(f"state_dir {self.path.parent}: cannot open the outbox {self.path.name}: {exc} "
+                              "(the directory must exist or be creatable, and be writable by the agent)",
+                              lasting=lasting) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise OutboxError(f"state_dir {self.path.parent}: cannot open the outbox {self.path.name}: {exc} "
-                              "(the directory must exist or be creatable, and be writable by the agent)") from exc
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]  # milliseconds for an outbox's size
+            if problem != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+        except BaseException:
+            db.close()
+            raise
         return db
+
+    def _set_aside(self, reason: str) -> None:
+        """A damaged file (an SD card after a power cut) would stop the device for good: keep it for
+        inspection under another name and start an empty outbox. Its results cannot be read anyway."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.path.rename(kept)
+        logger.error("outbox damaged (%s): kept as %s, starting an empty one; its results are lost and frame "
+                     "numbers start again from 1", reason, kept)
 
     def _scalar(self, sql: str) -> int:
         return int(self._db.execute(sql).fetchone()[0])
@@ -168,6 +207,13 @@ class Outbox:
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+
+_CORRUPT = ("file is not a database", "database disk image is malformed")
+
+
+def _usable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
 class _Transaction:

@@ -140,8 +140,16 @@ class ServingClient:
     # -- public calls -------------------------------------------------------------------------
 
     def predict(self, body: bytes) -> dict:
-        """POST one request body to ``:predict``; the parsed reply (retried on transient errors)."""
-        return self._with_retry("predict", lambda: self._call("POST", self.endpoint.predict_url, body))
+        """POST one request body to ``:predict``; the parsed reply (retried on transient errors).
+
+        A 404 (the version was unloaded, the label removed) raises ModelNotAvailable listing what is served.
+        """
+        try:
+            return self._with_retry("predict", lambda: self._call("POST", self.endpoint.predict_url, body))
+        except PermanentServerError as exc:
+            if exc.status == 404 and not isinstance(exc, ModelNotAvailable):
+                raise self._not_available(str(exc)) from exc
+            raise
 
     def status(self, *, pinned: bool = True) -> list[VersionStatus]:
         """Version states of the pinned version, or of all versions (label/latest, or pinned=False)."""
@@ -224,7 +232,9 @@ class ServingClient:
         deadline = time.monotonic() + seconds
         while not self.stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or self.stop.wait(min(left, 1.0)):
+            # Short slices: on_retry pings at most every half watchdog period, so a ping that was just too
+            # early to count must get another chance well before the other half has passed.
+            if left <= 0 or self.stop.wait(min(left, 0.25)):
                 return
             if self.on_retry is not None:
                 self.on_retry()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -42,7 +43,8 @@ class Outage:
         self.health.refresh_status()
 
     def pause_s(self) -> float:
-        return backoff_s(self.failures, self.initial_s, self.max_s)
+        """Exponential, capped, jittered down to half: a fleet that lost the server together comes back spread out."""
+        return backoff_s(self.failures, self.initial_s, self.max_s) * random.uniform(0.5, 1.0)
 
 
 class StateReporter:

@@ -40,6 +40,7 @@ def config_dir(tmp_path: Path) -> Path:
     (tmp_path / "secret.txt").write_text("s3cret\n")
     (tmp_path / "client.key").write_text("key\n")
     (tmp_path / "somedir").mkdir()
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")  # a secret saved in the wrong encoding
     return tmp_path
 
 
@@ -278,6 +279,10 @@ BAD_CONFIGS = [
                  "mqtt.tls.ca_certs: file not found: /nonexistent/ca.pem (line 4)", id="missing-tls-file"),
     pytest.param(doc("server:\n  url: http://m\n  model: m\n  token_file: somedir\n"),
                  "server.token_file: expected a file, found a directory: {dir}/somedir (line 4)", id="file-is-a-dir"),
+    pytest.param(doc("server:\n  url: http://m\n  model: m\n  token_file: latin1.txt\n"),
+                 "server.token_file: {dir}/latin1.txt is not UTF-8 text (byte 3) (line 4)", id="token-not-utf8"),
+    pytest.param(doc("mqtt:\n  host: b\n  username: u\n  password_file: latin1.txt\n"),
+                 "mqtt.password_file: {dir}/latin1.txt is not UTF-8 text (byte 3) (line 4)", id="password-not-utf8"),
 ]
 
 

@@ -9,7 +9,9 @@ from conftest import MODEL, agent_config, predict_paths, run_agent, start_agent
 
 from agent.devbroker import free_port
 from agent.devserver import DevServer, Fault
-from agent.supervision import StateReporter
+from agent.errors import TransientServerError
+from agent.health import Health
+from agent.supervision import Outage, StateReporter
 
 
 def finished_cleanly(proc, collector) -> dict:
@@ -91,7 +93,7 @@ def remove_the_version_while_looping(tmp_path, photos, devserver, broker, collec
     states_before = len(collector.on("state"))
 
     devserver.remove_version(MODEL, 2)
-    assert collector.wait_for(lambda: any(m.json()["errors"].get("server_permanent", 0) >= errors
+    assert collector.wait_for(lambda: any(m.json()["errors"].get("model_unavailable", 0) >= errors
                                           for m in collector.on("state")), timeout=timeout)
     return agent, states_before
 
@@ -103,9 +105,10 @@ def test_a_version_removed_while_running_is_a_clear_error_without_a_retry_storm(
     assert agent.terminate(signal.SIGTERM) == 0, agent.stderr
 
     failed = [r for r in devserver.recorded() if r.path.endswith(":predict") and r.status == 404]
-    errors = max(m.json()["errors"].get("server_permanent", 0) for m in collector.on("state"))
+    errors = max(m.json()["errors"].get("model_unavailable", 0) for m in collector.on("state"))
     assert len(failed) <= errors + 1, "one request per frame: a 404 is never retried"
     assert "Servable not found for request: Specific(cat_dog_classifier, 2)" in agent.stderr
+    assert "available versions: 1" in agent.stderr, "the error says what the server does have"
 
 
 def test_a_malformed_status_reply_at_start_exits_69_with_the_reason(tmp_path, photos, devserver, broker):
@@ -186,3 +189,13 @@ def test_the_agent_recovers_on_its_own_from_a_server_fault_longer_than_its_retri
     assert [r["frame"] for r in collector.results()] == [1, 2, 3, 4], "every photo classified after the fault"
     assert state["server_ok"] is True and state["errors"].get("server_transient", 0) >= 1
     assert proc.stderr.count("server unavailable") == 1 and proc.stderr.count("server back after") == 1, proc.stderr
+
+
+def test_outage_pauses_grow_are_capped_and_jittered_so_a_fleet_does_not_retry_in_step() -> None:
+    outage = Outage(Health("d", MODEL, None), initial_s=1.0, max_s=8.0)
+    for failures, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (9, 8.0)]:
+        while outage.failures < failures:
+            outage.down(TransientServerError("unreachable"))
+        pauses = [outage.pause_s() for _ in range(200)]
+        assert all(base / 2 <= pause <= base for pause in pauses)
+        assert max(pauses) - min(pauses) > base / 4, "devices that failed together must not all wait alike"

@@ -434,3 +434,56 @@ def test_a_full_disk_at_close_is_logged_and_the_acknowledged_results_come_again(
     assert json.loads(proc.stdout) == {"claim_after_close": 0}
     with opened(state_dir) as box:
         assert frames(box.claim(10)) == [1, 2]  # at least once: sent again next run, never lost
+
+
+# --- opening at start: what a restart can cure, and what it cannot -------------------------------------------
+
+
+def test_a_damaged_outbox_file_is_kept_aside_and_a_new_one_takes_the_results(tmp_path, caplog):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / FILE_NAME).write_bytes(b"\x00not sqlite" * 512)  # what an SD card may leave after a power cut
+
+    box = Outbox(state_dir, 10)
+    box.put("catdog/d/result", b'{"frame": 1}', 1)
+    assert len(box) == 1
+    box.close()
+
+    kept = list(state_dir.glob(f"{FILE_NAME}.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"\x00not sqlite"), "kept for inspection"
+    assert "outbox damaged" in caplog.text and str(kept[0]) in caplog.text
+
+
+def test_damaged_pages_inside_a_valid_outbox_are_found_at_open(tmp_path):
+    state_dir = tmp_path / "state"
+    box = Outbox(state_dir, 1000)
+    for frame in range(1, 301):
+        box.put("catdog/d/result", json.dumps({"frame": frame, "pad": "x" * 200}).encode(), frame)
+    box.close()
+    path = state_dir / FILE_NAME
+    data = bytearray(path.read_bytes())
+    data[4096 + 8:4096 + 200] = b"\xff" * 192  # the second page's header and cell pointers
+    path.write_bytes(bytes(data))
+
+    assert len(Outbox(state_dir, 1000)) == 0
+    assert len(list(state_dir.glob(f"{FILE_NAME}.corrupt-*"))) == 1
+
+
+def _no_room_for_files() -> None:  # in the child: every file write fails as on a full disk
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+@pytest.mark.parametrize(("problem", "code"), [("full-disk", 69), ("state-dir-is-a-file", 78)])
+def test_an_outbox_that_cannot_open_exits_69_when_a_restart_may_cure_it_else_78(tmp_path, problem, code):
+    state_dir = tmp_path / "state"
+    if problem == "state-dir-is-a-file":
+        state_dir.write_text("not a directory")
+    config = agent_config(tmp_path, source=tmp_path, server_url=f"http://127.0.0.1:{free_port()}", mqtt_port=1,
+                          state_dir=str(state_dir))
+    proc = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=REPO, timeout=60,
+                          capture_output=True, text=True, preexec_fn=_no_room_for_files if code == 69 else None)
+    assert proc.returncode == code, proc.stderr
+    assert f"state_dir {state_dir}: cannot open the outbox" in proc.stderr and "Traceback" not in proc.stderr

@@ -18,6 +18,8 @@ from conftest import (
     start_agent,
 )
 
+from agent.devbroker import free_port
+
 RESULT_FIELDS = {"device", "label", "score", "scores", "model", "version", "frame", "captured_at", "latency_ms"}
 
 
@@ -119,8 +121,10 @@ def test_unknown_label_exits_69_with_the_servers_reason(tmp_path, photos, devser
     assert "available versions: 2, 1" in proc.stderr
 
 
-def test_missing_source_folder_exits_69(tmp_path, devserver, broker):
-    config = agent_config(tmp_path, source=tmp_path / "nowhere", server_url=devserver.url, mqtt_port=broker.port)
+@pytest.mark.parametrize("server", ["up", "down"])
+def test_missing_source_folder_exits_69_even_while_the_server_is_down(tmp_path, devserver, broker, server):
+    url = devserver.url if server == "up" else f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = agent_config(tmp_path, source=tmp_path / "nowhere", server_url=url, mqtt_port=broker.port)
 
     proc = run_agent(config)
 

@@ -28,6 +28,18 @@ ID_BASE = "https://catdog-agent.invalid/schemas/"
 # -- the schema files themselves ---------------------------------------------------------------------------
 
 
+def test_the_readmes_result_and_state_examples_match_their_schemas():
+    import re
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.S)]
+    examples = {"result": [b for b in blocks if "scores" in b], "state": [b for b in blocks if "uptime_s" in b]}
+    for kind, payloads in examples.items():
+        assert payloads, f"README.md has no {kind} example"
+        for payload in payloads:
+            assert errors(kind, payload) == [], f"README's {kind} example: {errors(kind, payload)}"
+
+
 @pytest.mark.parametrize("path", schema_paths(), ids=lambda p: p.name)
 def test_every_schema_is_a_valid_draft_2020_12_schema_with_id_title_and_described_fields(path):
     schema = json.loads(path.read_text(encoding="utf-8"))

@@ -99,12 +99,13 @@ def test_transient_errors_give_up_after_the_configured_attempts(devserver):
     assert len([r for r in devserver.recorded() if r.path.endswith(":predict")]) == FAST_RETRY.attempts
 
 
-def test_unknown_version_is_permanent_clear_and_not_retried(devserver):
-    with pytest.raises(PermanentServerError) as caught:
+def test_unknown_version_is_permanent_clear_lists_what_is_served_and_is_not_retried(devserver):
+    with pytest.raises(ModelNotAvailable) as caught:
         client_for(devserver, version=7).predict(body_for_one_frame())
     assert caught.value.status == 404
     assert "Servable not found for request: Specific(cat_dog_classifier, 7)" in str(caught.value)
-    assert len(devserver.recorded()) == 1
+    assert "available versions: 2, 1" in str(caught.value)
+    assert [r.method for r in devserver.recorded()] == ["POST", "GET"], "one predict, then one listing"
 
 
 def test_unavailable_pinned_version_lists_the_versions_that_are(devserver):
