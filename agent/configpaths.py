@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Any, Callable
 
 from agent.configrules import INVALID, Walk
@@ -32,29 +33,35 @@ def _resolve_file(value: str, path: KeyPath, walk: Walk) -> Any:
     elif not os.path.exists(resolved):
         walk.add(path, f"file not found: {resolved}")
     else:
-        problem = _unreadable(resolved, text=path[-1].endswith("_file"))
+        problem = _unreadable(resolved, key=path[-1])
         if problem is None:
             return resolved
         walk.add(path, problem)
     return INVALID
 
 
-def _unreadable(path: str, text: bool) -> str | None:
+def _unreadable(path: str, key: str) -> str | None:
     """Why the agent cannot use the file (permissions, not UTF-8 for a secret), or None.
 
     Checked here, as the agent's own user, so that a root-owned 0600 token is a config error (exit 78,
     one line) rather than a crash that systemd restarts for ever.
     """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None  # a pipe or a device: reading it here could block (or consume it)
     try:
         with open(path, "rb") as handle:
             data = handle.read(1 << 20)  # secrets and certificates are small
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
-    if text:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"{path} is not UTF-8 text (byte {exc.start})"
+    if not key.endswith("_file"):
+        return None  # a certificate or a key: ssl reads it
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{path} is not UTF-8 text (byte {exc.start})"
+    token = text.strip()
+    if key == "token_file" and not (token.isascii() and token.isprintable() and token):
+        return f"{path}: a bearer token is one line of printable ASCII (no BOM, no other characters)"
     return None
 
 

@@ -115,14 +115,15 @@ class Agent:
     def run(self) -> int:
         self.reporter.publish()
         try:
-            # The source first: a missing camera is reported (69) even while the server is down, and a
-            # camera warms up while the agent waits for the server.
+            # The source first: a missing camera exits 69 even while the server is down; a camera warms up.
             self.source = opened_source(self.config.camera, self.stop)
             self.model = self.wait_for_model()
             if self.model is None:
                 return EXIT_OK  # stopped while waiting for the server
         except Stopped:
             return EXIT_OK
+        except CameraStalled as exc:  # a SIGHUP while waiting for the server could not reopen the camera
+            return self.camera_stalled(exc)
         except (ServerError, SourceUnavailable) as exc:  # transient server errors are waited out above
             return self.fail_start(exc)
         logger.info("running device=%s source=%s model=%s %s", self.config.device.id, self.source.description,
@@ -132,10 +133,13 @@ class Agent:
         try:
             self.loop()
         except CameraStalled as exc:
-            self.record_error(exc, logging.ERROR)
-            logger.error("exiting so that systemd restarts the agent: only a new process recovers a stuck camera")
-            return EXIT_FAILURE
+            return self.camera_stalled(exc)
         return EXIT_OK
+
+    def camera_stalled(self, exc: CameraStalled) -> int:
+        self.record_error(exc, logging.ERROR)
+        logger.error("exiting so that systemd restarts the agent: only a new process recovers a stuck camera")
+        return EXIT_FAILURE
 
     def loop(self) -> None:
         """frame -> pixels -> request -> reply -> classification -> result -> MQTT, paced to camera.fps.
@@ -242,10 +246,7 @@ class Agent:
         return fetch_served_model(self.serving, self.config.model, self.config.server.encoding)
 
     def read_frame(self, source: FrameSource) -> Frame | None:
-        """The next frame, or None at the end of a finite source; raises SourceError (decode errors too).
-
-        Unpaced on a file source, the frame after it is read (and its request made) while this one is classified.
-        """
+        """The next frame, or None at the end of a finite source; raises SourceError (decode errors too)."""
         self.ahead = self.reader.take(source)  # read during the last request, if it was
         frame = self.ahead.frame if self.ahead else self.worker.call(source.read, self.stop)
         if frame is None:
@@ -258,7 +259,7 @@ class Agent:
         if not self.health.camera_ok:
             logger.info("source back source=%s", source.description)
         self.health.camera_ok, self.camera_failures = True, 0
-        if ReadAhead.worth_it(source, frame) and not self.pacer.interval and self.model is not None:
+        if ReadAhead.worth_it(source, frame) and not self.pacer.interval and self.model is not None:  # unpaced files
             model, encoder, signature = self.model, self.encoder, self.serving.signature
             self.reader.start(source, None if self.config.camera.skip_unchanged else (model, encoder, signature),
                               lambda ahead: model.request_body(ahead.rgb, encoder, signature))
@@ -290,8 +291,7 @@ class Agent:
     def pause_after_failures(self) -> None:
         """Frames that keep failing (a removed version, a folder of broken files) slow the loop down to
         one try every 5 s at most, whatever camera.fps says: failing fast helps nobody."""
-        beyond = self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED + 1
-        if beyond >= 1:
+        if (beyond := self.health.failed_in_a_row - FAILED_FRAMES_DEGRADED + 1) >= 1:
             self.wait(backoff_s(beyond, 0.05, 5.0))
 
     def wait(self, seconds: float) -> None:

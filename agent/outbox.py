@@ -12,6 +12,7 @@ window of them) are never dropped: the broker may already have them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -62,10 +63,12 @@ class Outbox:
         self.path = Path(state_dir) / FILE_NAME
         self.max_messages = max_messages
         self._lock = threading.Lock()
+        self._salvaged_last_frame = 0  # set when a damaged file was set aside
         self._db = self._connect()
         self._count = self._scalar("SELECT COUNT(*) FROM outbox")
         self.dropped = self._counter("dropped")
-        self.last_frame = self._counter("last_frame")  # frame numbers continue across restarts
+        # Frame numbers continue across restarts (and across a damaged file set aside, when readable).
+        self.last_frame = max(self._counter("last_frame"), self._salvaged_last_frame)
         self._claimed_up_to = 0  # rows with id <= this were handed to the MQTT client in this process
         self._acked: set[int] = set()
         self._last_flush = time.monotonic()
@@ -165,16 +168,23 @@ class Outbox:
             try:
                 return self._open()
             except sqlite3.DatabaseError as exc:
-                if not any(sign in str(exc) for sign in _CORRUPT):
+                if not _damaged(exc):
                     raise
                 self._set_aside(str(exc))
                 return self._open()
         except (OSError, sqlite3.Error) as exc:
-            unwritable_file = self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK)
-            lasting = unwritable_file or not _usable_dir(self.path.parent)
             raise OutboxError(f"state_dir {self.path.parent}: cannot open the outbox {self.path.name}: {exc} "
                               "(the directory must exist or be creatable, and be writable by the agent)",
-                              lasting=lasting) from exc
+                              lasting=self._lasting(exc)) from exc
+
+    def _lasting(self, exc: BaseException) -> bool:
+        """A problem a restart cannot cure: the agent may not write state_dir or the outbox's files."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            return False  # a full disk while creating state_dir: space may come back
+        files = [self.path, *(Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm"))]
+        # A -wal left by `sudo catdog-agent run` is root's: the service's user cannot write it.
+        return not _usable_dir(self.path.parent) or any(
+            path.exists() and not os.access(path, os.R_OK | os.W_OK) for path in files)
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
@@ -191,15 +201,20 @@ class Outbox:
         return db
 
     def _set_aside(self, reason: str) -> None:
-        """A damaged file (an SD card after a power cut) would stop the device for good: keep it for
-        inspection under another name and start an empty outbox. Its results cannot be read anyway."""
+        """A damaged file (an SD card after a power cut) would stop the device for good: keep it (and its
+        WAL) for inspection under another name and start an empty outbox, numbering frames on from the
+        damaged one's count when that can still be read (subscribers dedupe on device + frame)."""
+        last_frame = _salvage_last_frame(self.path)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        wal = Path(f"{self.path}-wal")
+        if wal.exists():
+            wal.rename(f"{kept}-wal")
+        Path(f"{self.path}-shm").unlink(missing_ok=True)
         self.path.rename(kept)
-        logger.error("outbox damaged (%s): kept as %s, starting an empty one; its results are lost and frame "
-                     "numbers start again from 1", reason, kept)
+        self._salvaged_last_frame = last_frame
+        logger.error("outbox damaged (%s): kept as %s, starting an empty one; the results in it are lost; frame "
+                     "numbers go on from %s", reason, kept, last_frame if last_frame else "1 (count unreadable)")
 
     def _scalar(self, sql: str) -> int:
         return int(self._db.execute(sql).fetchone()[0])
@@ -209,7 +224,27 @@ class Outbox:
         return int(row[0]) if row else 0
 
 
-_CORRUPT = ("file is not a database", "database disk image is malformed")
+_CORRUPT = ("file is not a database", "database disk image is malformed", "malformed database schema")
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the texts are the same since SQLite 3.7
+    return (code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)) or any(
+        sign in str(exc) for sign in _CORRUPT)
+
+
+def _salvage_last_frame(path: Path) -> int:
+    """The frame counter of a damaged outbox, read-only and best effort; 0 when it cannot be read."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM counters WHERE name = 'last_frame'").fetchone()
+        finally:
+            db.close()
+        return int(row[0]) if row else 0
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
 
 
 def _usable_dir(path: Path) -> bool:

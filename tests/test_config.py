@@ -41,6 +41,7 @@ def config_dir(tmp_path: Path) -> Path:
     (tmp_path / "client.key").write_text("key\n")
     (tmp_path / "somedir").mkdir()
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")  # a secret saved in the wrong encoding
+    (tmp_path / "bom.txt").write_bytes("\ufefftoken\n".encode())  # what some Windows editors save
     return tmp_path
 
 
@@ -283,6 +284,9 @@ BAD_CONFIGS = [
                  "server.token_file: {dir}/latin1.txt is not UTF-8 text (byte 3) (line 4)", id="token-not-utf8"),
     pytest.param(doc("mqtt:\n  host: b\n  username: u\n  password_file: latin1.txt\n"),
                  "mqtt.password_file: {dir}/latin1.txt is not UTF-8 text (byte 3) (line 4)", id="password-not-utf8"),
+    pytest.param(doc("server:\n  url: http://m\n  model: m\n  token_file: bom.txt\n"),
+                 "server.token_file: {dir}/bom.txt: a bearer token is one line of printable ASCII (no BOM, no other "
+                 "characters) (line 4)", id="token-with-bom"),
 ]
 
 

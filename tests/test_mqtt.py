@@ -67,6 +67,7 @@ def test_results_published_while_the_broker_is_down_are_delivered_after_it_retur
     with LocalBroker() as own:
         publisher = make_publisher(own.port).start()
         assert publisher.wait_connected(5)
+        assert publisher.wait_delivered(timeout=5)  # "online" acknowledged: only the result is pending below
         own.stop()
         publisher.publish_result({"frame": 1})
         assert publisher.pending() == 1

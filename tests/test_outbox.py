@@ -449,7 +449,7 @@ def test_a_damaged_outbox_file_is_kept_aside_and_a_new_one_takes_the_results(tmp
     assert len(box) == 1
     box.close()
 
-    kept = list(state_dir.glob(f"{FILE_NAME}.corrupt-*"))
+    kept = list(state_dir.glob(f"{FILE_NAME}.corrupt-*Z"))
     assert len(kept) == 1 and kept[0].read_bytes().startswith(b"\x00not sqlite"), "kept for inspection"
     assert "outbox damaged" in caplog.text and str(kept[0]) in caplog.text
 
@@ -465,8 +465,21 @@ def test_damaged_pages_inside_a_valid_outbox_are_found_at_open(tmp_path):
     data[4096 + 8:4096 + 200] = b"\xff" * 192  # the second page's header and cell pointers
     path.write_bytes(bytes(data))
 
-    assert len(Outbox(state_dir, 1000)) == 0
-    assert len(list(state_dir.glob(f"{FILE_NAME}.corrupt-*"))) == 1
+    fresh = Outbox(state_dir, 1000)
+    assert len(fresh) == 0 and len(list(state_dir.glob(f"{FILE_NAME}.corrupt-*Z"))) == 1
+    assert fresh.last_frame == 300, "frame numbers go on from the damaged file's count: subscribers dedupe on them"
+
+
+def test_a_damaged_schema_is_damage_too(tmp_path):
+    state_dir = tmp_path / "state"
+    box = Outbox(state_dir, 10)
+    box.put("catdog/d/result", b'{"frame": 1}', 1)
+    box.close()
+    path = state_dir / FILE_NAME
+    path.write_bytes(path.read_bytes().replace(b"CREATE TABLE outbox", b"XREATE TABLE outbox"))
+
+    assert len(Outbox(state_dir, 10)) == 0
+    assert len(list(state_dir.glob(f"{FILE_NAME}.corrupt-*Z"))) == 1
 
 
 def _no_room_for_files() -> None:  # in the child: every file write fails as on a full disk
