@@ -63,12 +63,10 @@ class Outbox:
         self.path = Path(state_dir) / FILE_NAME
         self.max_messages = max_messages
         self._lock = threading.Lock()
-        self._salvaged_last_frame = 0  # set when a damaged file was set aside
         self._db = self._connect()
         self._count = self._scalar("SELECT COUNT(*) FROM outbox")
         self.dropped = self._counter("dropped")
-        # Frame numbers continue across restarts (and across a damaged file set aside, when readable).
-        self.last_frame = max(self._counter("last_frame"), self._salvaged_last_frame)
+        self.last_frame = self._counter("last_frame")  # frame numbers continue across restarts
         self._claimed_up_to = 0  # rows with id <= this were handed to the MQTT client in this process
         self._acked: set[int] = set()
         self._last_flush = time.monotonic()
@@ -170,8 +168,11 @@ class Outbox:
             except sqlite3.DatabaseError as exc:
                 if not _damaged(exc):
                     raise
-                self._set_aside(str(exc))
-                return self._open()
+                last_frame = self._set_aside(str(exc))
+                db = self._open()
+                # Numbering goes on from the damaged file's count: subscribers dedupe on device + frame.
+                db.execute("INSERT INTO counters (name, value) VALUES ('last_frame', ?)", (last_frame,))
+                return db
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"state_dir {self.path.parent}: cannot open the outbox {self.path.name}: {exc} "
                               "(the directory must exist or be creatable, and be writable by the agent)",
@@ -200,10 +201,10 @@ class Outbox:
             raise
         return db
 
-    def _set_aside(self, reason: str) -> None:
+    def _set_aside(self, reason: str) -> int:
         """A damaged file (an SD card after a power cut) would stop the device for good: keep it (and its
-        WAL) for inspection under another name and start an empty outbox, numbering frames on from the
-        damaged one's count when that can still be read (subscribers dedupe on device + frame)."""
+        WAL) for inspection under another name, for an empty outbox to take its place. Returns its frame
+        count when that can still be read, else 0."""
         last_frame = _salvage_last_frame(self.path)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
@@ -212,9 +213,9 @@ class Outbox:
             wal.rename(f"{kept}-wal")
         Path(f"{self.path}-shm").unlink(missing_ok=True)
         self.path.rename(kept)
-        self._salvaged_last_frame = last_frame
         logger.error("outbox damaged (%s): kept as %s, starting an empty one; the results in it are lost; frame "
                      "numbers go on from %s", reason, kept, last_frame if last_frame else "1 (count unreadable)")
+        return last_frame
 
     def _scalar(self, sql: str) -> int:
         return int(self._db.execute(sql).fetchone()[0])

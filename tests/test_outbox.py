@@ -468,6 +468,8 @@ def test_damaged_pages_inside_a_valid_outbox_are_found_at_open(tmp_path):
     fresh = Outbox(state_dir, 1000)
     assert len(fresh) == 0 and len(list(state_dir.glob(f"{FILE_NAME}.corrupt-*Z"))) == 1
     assert fresh.last_frame == 300, "frame numbers go on from the damaged file's count: subscribers dedupe on them"
+    fresh.close()
+    assert Outbox(state_dir, 1000).last_frame == 300, "kept in the new file: a crash before the next result keeps it"
 
 
 def test_a_damaged_schema_is_damage_too(tmp_path):
