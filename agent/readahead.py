@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.frames import Frame
-from agent.pacing import Job, Stopped, Worker
+from agent.pacing import Job, Worker
 from agent.sources.base import FrameSource
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,8 @@ class ReadAhead:
             return None
         try:
             ahead = job.result(self.stop)
-        except Stopped:
-            raise  # the read is still running: kept, so that drop() waits for it before the source closes
         finally:
-            if job.done.is_set():
+            if job.done.is_set():  # on Stopped it may still run: then kept, for drop() to wait for it
                 self._job = None
         return ahead if self._source is source else None  # a reload replaced the source: read afresh
 
@@ -95,7 +93,6 @@ class ReadAhead:
 
     def close(self) -> None:
         self._worker.close()
-
 
 
 def reads_over(reader: ReadAhead, worker: Worker, timeout_s: float) -> bool:
