@@ -27,7 +27,7 @@ from agent.model import ServedModel, body_encoder, fetch_served_model
 from agent.mqtt import Publisher
 from agent.outbox import OutboxError
 from agent.pacing import Pacer, Stopped, call_unless_stopped
-from agent.readahead import READS_WAIT_S
+from agent.readahead import READS_WAIT_S, reads_over
 from agent.scene import scene_gate
 from agent.serving import ServingClient
 from agent.sources import opened_source, source_kind
@@ -220,10 +220,8 @@ def switch(agent: Agent, new: Config, staged: Staged) -> None:
         agent.outage.up()  # the new server answered
     if staged.source is not None:
         assert agent.source is not None
-        if agent.reader.drop(READS_WAIT_S):  # a read in flight on the old source ends first
+        if reads_over(agent.reader, agent.worker, READS_WAIT_S):  # a read in flight on the old source ends first
             agent.source.close()  # closing twice is safe (a camera closed first)
-        else:
-            logger.warning("old source left open: a read is still running on it")
         agent.source = staged.source
     if staged.publisher is not None:
         agent.publisher = agent.reporter.publisher = hand_over(agent.publisher, staged.publisher, new, agent.stop)
